@@ -1,0 +1,84 @@
+"""Atomic files: a run killed at any moment leaves either the old file or the new one, never half of one."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmt_lib.paths import project_path
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh, indent=2, sort_keys=True, default=float)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Save tensors and plain Python values only, so that ``load_checkpoint`` never needs pickle."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load with ``weights_only=True``: a file holding arbitrary pickled objects is refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(
+            f"cannot load checkpoint {path} with weights_only=True (only tensors and plain Python values "
+            f"are accepted): {err}"
+        ) from err
+
+
+METRICS_FILE = "metrics.json"
+
+
+def save_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
+    """The last act of a run: the batch driver trusts a run only once this file exists."""
+    return write_json_atomic(project_path(out_dir) / METRICS_FILE, metrics)
+
+
+def save_arrays_atomic(path: str | Path, **arrays: Any) -> Path:
+    """A compressed ``.npz`` of plain arrays (no pickled objects), written atomically."""
+    import numpy as np
+
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez_compressed(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,108 @@
+"""What both training stages need around the method itself: devices, data, evaluation, guards."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from mmt_lib.config import DataConfig, RunConfig, RuntimeConfig
+from mmt_lib.data import ReidDataset, load_dataset
+from mmt_lib.data.loaders import ImageDataset, build_test_loader
+from mmt_lib.data.transforms import build_test_transform
+from mmt_lib.evaluate import evaluate_features, extract_features
+from mmt_lib.paths import project_path
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks the GPU when there is one; anything else is passed to ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"runtime.device={name!r} but no CUDA device is available")
+    return device
+
+
+def uses_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:
+    """bf16 autocast is on by default on CUDA and off on CPU, where it does not help."""
+    return device.type == "cuda" if runtime.bf16 is None else runtime.bf16
+
+
+def uses_channels_last(runtime: RuntimeConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if runtime.channels_last is None else runtime.channels_last
+
+
+def autocast(runtime: RuntimeConfig, device: torch.device) -> contextlib.AbstractContextManager:
+    if uses_bf16(runtime, device):
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def prepare_model(model: nn.Module, runtime: RuntimeConfig, device: torch.device) -> nn.Module:
+    model = model.to(device)
+    if uses_channels_last(runtime, device):
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def load_task_datasets(data: DataConfig) -> tuple[ReidDataset, ReidDataset]:
+    """The (source, target) pair of a task; synthetic domains are generated on first use."""
+    return load_named_dataset(data, data.source), load_named_dataset(data, data.target)
+
+
+def load_named_dataset(data: DataConfig, name: str) -> ReidDataset:
+    """One dataset under ``data.data_root``; synthetic names carry the profile's size and seed."""
+    if name.startswith("synth-"):
+        return load_dataset(name, project_path(data.data_root), size=data.synthetic_size, seed=data.synthetic_seed)
+    return load_dataset(name, project_path(data.data_root))
+
+
+def evaluate_model(
+    model: nn.Module, dataset: ReidDataset, cfg: RunConfig, device: torch.device, desc: str = "evaluate"
+) -> dict[str, float]:
+    """mAP, mINP and CMC of ``model`` on the query/gallery split of ``dataset`` (MMT_SPEC protocol)."""
+    samples = dataset.query + dataset.gallery
+    loader = build_test_loader(
+        ImageDataset(samples, build_test_transform(cfg.data.height, cfg.data.width)),
+        batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    feats, pids, cams = extract_features(
+        model, loader, device=device, amp_dtype=torch.bfloat16 if uses_bf16(cfg.runtime, device) else None,
+        progress=cfg.runtime.progress, desc=desc,
+    )
+    nq = len(dataset.query)
+    result = evaluate_features(feats[:nq], feats[nq:], pids[:nq], pids[nq:], cams[:nq], cams[nq:])
+    metrics = {"mAP": float(result["mAP"]), "mINP": float(result["mINP"])}
+    metrics.update({f"top{k}": float(v) for k, v in result["cmc"].items()})
+    return metrics
+
+
+def check_finite(terms: dict[str, torch.Tensor], iteration: int, epoch: int) -> None:
+    """Stop a run the moment a loss term turns NaN or infinite, naming the term and the iteration."""
+    for name, value in terms.items():
+        v = float(value.detach())
+        if not math.isfinite(v):
+            raise FloatingPointError(
+                f"loss term {name!r} is {v} at epoch {epoch}, iteration {iteration}; "
+                f"lower the learning rate or check the input data"
+            )
+
+
+def batches(loader: torch.utils.data.DataLoader, count: int) -> Iterator:
+    """Exactly ``count`` batches, restarting ``loader`` when it runs dry: an "epoch" is a fixed iteration count."""
+    produced = 0
+    while produced < count:
+        empty = True
+        for batch in loader:
+            empty = False
+            yield batch
+            produced += 1
+            if produced == count:
+                return
+        if empty:
+            raise ValueError("the training loader yields no batch: too few images for one batch")

@@ -1,0 +1,344 @@
+"""Stage II: Mutual Mean-Teaching (Algorithm 1 of the paper; MMT_SPEC, "Stage II").
+
+Per epoch:
+  1. both mean nets embed the target training set; their features are averaged;
+  2. clustering turns the features into hard pseudo labels (k-means, or DBSCAN on Jaccard distance);
+  3. every classifier is re-initialised from the L2-normalised cluster centroids;
+  4. a fresh Adam optimises both students;
+  5. ``iters`` iterations of the MMT objective on two views of each image, each followed by the
+     mean-teacher update;
+  6. both mean nets are evaluated and the epoch is checkpointed.
+
+The baseline and every Table 2 row are settings of this one trainer (``config.VARIANTS``): which
+loss terms are on, whose predictions give the soft labels, and whether mean teachers exist at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm, trange
+
+from mmt_lib.analysis import pseudo_label_quality
+from mmt_lib.checkpoints import load_checkpoint, save_arrays_atomic, save_checkpoint
+from mmt_lib.config import MMTConfig, RunConfig
+from mmt_lib.data import ReidDataset
+from mmt_lib.data.loaders import ImageDataset, TwoViewDataset, build_test_loader, build_train_loader
+from mmt_lib.data.transforms import build_test_transform, build_train_transform
+from mmt_lib.engine import (
+    autocast, batches, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
+    uses_bf16,
+)
+from mmt_lib.evaluate import extract_features
+from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
+from mmt_lib.models import ReidNet
+from mmt_lib.paths import project_path
+from mmt_lib.pretrain import CHECKPOINT as PRETRAIN_CHECKPOINT
+from mmt_lib.pretrain import load_pretrained_network
+from mmt_lib.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
+from mmt_lib.seeding import seed_everything
+from mmt_lib.teachers import create_mean_teacher, update_mean_teacher
+
+CHECKPOINT = "checkpoint.pt"
+EMBEDDINGS = "embeddings"
+ORACLE_NOTE = "selected by target-test mAP, which uses target labels: not a valid unsupervised result"
+
+
+@dataclass
+class Networks:
+    """The two students and, when the variant has them, their temporal-average (mean) nets."""
+
+    students: list[ReidNet]
+    means: list[ReidNet]
+
+    def labelling_nets(self) -> list[ReidNet]:
+        """Mean nets give pseudo labels and are evaluated; without them, the students do."""
+        return self.means or self.students
+
+    def all(self) -> list[ReidNet]:
+        return self.students + self.means
+
+
+# ---------------------------------------------------------------- Algorithm 1, step by step
+
+
+def embed_target(nets: list[ReidNet], target: ReidDataset, cfg: RunConfig, device: torch.device) -> torch.Tensor:
+    """Step 1: features of every target training image, averaged over ``nets`` and re-normalised."""
+    loader = build_test_loader(
+        ImageDataset(target.train, build_test_transform(cfg.data.height, cfg.data.width)),
+        batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
+    )
+    amp = torch.bfloat16 if uses_bf16(cfg.runtime, device) else None
+    feats = [extract_features(net, loader, device=device, amp_dtype=amp, progress=cfg.runtime.progress)[0]
+             for net in nets]
+    return average_features(*feats) if len(feats) == 2 else feats[0]
+
+
+def assign_pseudo_labels(
+    features: torch.Tensor, m: MMTConfig, seed: int, eps: float | None
+) -> tuple[np.ndarray, float | None]:
+    """Step 2: hard pseudo labels (``-1`` = DBSCAN outlier). DBSCAN's eps is fixed at the first epoch."""
+    if m.clustering == "kmeans":
+        labels, _ = kmeans(features, m.num_clusters, seed=seed)
+        return np.asarray(labels), None
+    dist = jaccard_distance(features, k1=m.k1, k2=m.k2)
+    if eps is None:
+        eps = dbscan_eps(dist, rho=m.rho)
+    return relabel(dbscan(dist, eps, min_samples=m.min_samples)), eps
+
+
+def init_classifiers(networks: Networks, features: torch.Tensor, labels: np.ndarray, device: torch.device) -> int:
+    """Step 3: every classifier starts from the L2-normalised centroids of the new clusters."""
+    centroids = cluster_centroids(features, labels).to(device)
+    for net in networks.all():
+        net.reset_classifier(centroids)
+    for net in networks.means:
+        net.classifier.weight.requires_grad_(False)
+    return int(centroids.shape[0])
+
+
+def soft_targets(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]],
+    mean_outputs: list[tuple[torch.Tensor, torch.Tensor]], soft_teacher: str,
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Whose (features, logits) supervise student 1 and student 2, detached."""
+    if soft_teacher == "peer-mean":
+        chosen = [mean_outputs[1], mean_outputs[0]]
+    elif soft_teacher == "own-mean":
+        chosen = [mean_outputs[0], mean_outputs[1]]
+    elif soft_teacher == "peer-current":
+        chosen = [outputs[1], outputs[0]]
+    else:
+        raise ValueError(f"no soft targets for soft_teacher={soft_teacher!r}")
+    return [(f.detach(), z.detach()) for f, z in chosen]
+
+
+def mmt_loss_terms(
+    outputs: list[tuple[torch.Tensor, torch.Tensor]],
+    targets: list[tuple[torch.Tensor, torch.Tensor]] | None,
+    labels: torch.Tensor,
+    weights: dict[str, float],
+    label_smoothing: float,
+) -> dict[str, torch.Tensor]:
+    """The four terms of the MMT objective, each summed over both students; terms of weight 0 are skipped."""
+    (f1, z1), (f2, z2) = [(f.float(), z.float()) for f, z in outputs]
+    terms: dict[str, torch.Tensor] = {}
+    if weights["hard_ce"] > 0:
+        terms["hard_ce"] = (label_smooth_cross_entropy(z1, labels, eps=label_smoothing)
+                            + label_smooth_cross_entropy(z2, labels, eps=label_smoothing))
+    if weights["hard_triplet"] > 0:
+        terms["hard_triplet"] = softmax_triplet(f1, labels) + softmax_triplet(f2, labels)
+    if weights["soft_ce"] > 0 or weights["soft_triplet"] > 0:
+        (tf1, tz1), (tf2, tz2) = [(f.float(), z.float()) for f, z in targets]
+        if weights["soft_ce"] > 0:
+            terms["soft_ce"] = soft_cross_entropy(z1, tz1) + soft_cross_entropy(z2, tz2)
+        if weights["soft_triplet"] > 0:
+            terms["soft_triplet"] = soft_softmax_triplet(f1, tf1, labels) + soft_softmax_triplet(f2, tf2, labels)
+    return terms
+
+
+def train_epoch(
+    networks: Networks, optimizer: torch.optim.Optimizer, loader: torch.utils.data.DataLoader,
+    cfg: RunConfig, device: torch.device, epoch: int,
+) -> dict[str, float]:
+    """Step 5: ``iters`` MMT iterations; view 1 feeds student 1 and mean net 1, view 2 the others."""
+    m = cfg.mmt
+    weights = m.term_weights()
+    needs_soft = weights["soft_ce"] > 0 or weights["soft_triplet"] > 0
+    for net in networks.all():
+        net.train()
+    totals: dict[str, float] = {}
+    progress = tqdm(batches(loader, m.iters), total=m.iters, desc=f"MMT epoch {epoch}",
+                    disable=not cfg.runtime.progress, leave=False)
+    for it, (view1, view2, labels, _, _) in enumerate(progress):
+        views = [view1.to(device, non_blocking=True), view2.to(device, non_blocking=True)]
+        labels = labels.to(device, non_blocking=True)
+        with autocast(cfg.runtime, device):
+            outputs = [net(view) for net, view in zip(networks.students, views)]
+            with torch.no_grad():
+                mean_outputs = [net(view) for net, view in zip(networks.means, views)]
+            targets = soft_targets(outputs, mean_outputs, m.soft_teacher) if needs_soft else None
+            terms = mmt_loss_terms(outputs, targets, labels, weights, m.label_smoothing)
+        check_finite(terms, it, epoch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(weights[name] * value for name, value in terms.items()).backward()
+        optimizer.step()
+        step = epoch * m.iters + it
+        for mean_net, student in zip(networks.means, networks.students):
+            update_mean_teacher(mean_net, student, step, max_alpha=m.ema_alpha)
+        for name, value in terms.items():
+            totals[name] = totals.get(name, 0.0) + float(value.detach())
+    return {f"loss_{name}": total / m.iters for name, total in totals.items()}
+
+
+# ---------------------------------------------------------------- the whole stage
+
+
+def build_networks(cfg: RunConfig, pretrained: tuple[str | Path, str | Path], device: torch.device) -> Networks:
+    """Two students from the two Stage I checkpoints; their mean nets start as exact copies."""
+    if len(pretrained) != 2:
+        raise ValueError(f"MMT needs two Stage I checkpoints (seeds 1 and 2), got {len(pretrained)}")
+    students = [prepare_model(load_pretrained_network(path, cfg.model.arch), cfg.runtime, device)
+                for path in pretrained]
+    means = [create_mean_teacher(s) for s in students] if cfg.mmt.mean_teacher else []
+    return Networks(students, means)
+
+
+def train_mmt(
+    cfg: RunConfig, out_dir: str | Path, pretrained: tuple[str | Path, str | Path], resume: bool = True
+) -> dict[str, Any]:
+    """Run Stage II for ``cfg.mmt.epochs`` epochs, checkpointing each; returns the run's metrics.
+
+    Model selection is label-free: the reported numbers are mean net 1 after the last epoch. The
+    reference's best-epoch-by-test-mAP choice is kept apart under ``oracle`` and labelled as such.
+    """
+    out_dir = project_path(out_dir)
+    m = cfg.mmt
+    device = resolve_device(cfg.runtime.device)
+    target = load_named_dataset(cfg.data, cfg.data.target)
+    true_pids = np.array([pid for _, pid, _ in target.train])
+    seed_everything(cfg.seed)
+    networks = build_networks(cfg, pretrained, device)
+    history: list[dict[str, Any]] = []
+    start_epoch, eps = 0, None
+    if resume and (out_dir / CHECKPOINT).exists():
+        start_epoch, eps, history = _restore(networks, out_dir / CHECKPOINT, cfg, device)
+
+    train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=m.random_erasing)
+    for epoch in trange(start_epoch, m.epochs, desc="MMT epochs", disable=not cfg.runtime.progress,
+                        initial=start_epoch, total=m.epochs):
+        seed_everything(cfg.seed, epoch)
+        record: dict[str, Any] = {"epoch": epoch}
+        tic = time.perf_counter()
+        features = embed_target(networks.labelling_nets(), target, cfg, device)
+        record["seconds_extract"], tic = time.perf_counter() - tic, time.perf_counter()
+        labels, eps = assign_pseudo_labels(features, m, seed=cfg.seed * 1000 + epoch, eps=eps)
+        record["seconds_cluster"] = time.perf_counter() - tic
+        record["dbscan_eps"] = eps
+        record["pseudo_labels"] = pseudo_label_quality(labels, true_pids)
+        if m.save_embeddings:
+            save_arrays_atomic(out_dir / EMBEDDINGS / f"epoch{epoch:03d}.npz", features=features.numpy(),
+                               pseudo_labels=labels, true_pids=true_pids)
+        num_classes = init_classifiers(networks, features, labels, device)
+        optimizer = torch.optim.Adam(
+            [p for net in networks.students for p in net.parameters() if p.requires_grad],
+            lr=m.lr, weight_decay=m.weight_decay,
+        )
+        labelled = [(path, int(y), cam) for (path, _, cam), y in zip(target.train, labels) if y >= 0]
+        loader = build_train_loader(
+            TwoViewDataset(labelled, train_tf), labelled, batch_size=cfg.data.batch_size,
+            num_instances=cfg.data.num_instances, num_workers=cfg.data.num_workers, seed=cfg.seed,
+            epoch=epoch, pin_memory=device.type == "cuda",
+        )
+        tic = time.perf_counter()
+        record.update(train_epoch(networks, optimizer, loader, cfg, device, epoch))
+        record["seconds_train"], tic = time.perf_counter() - tic, time.perf_counter()
+        for i, net in enumerate(networks.labelling_nets(), start=1):
+            record[f"net{i}"] = evaluate_model(net, target, cfg, device, desc=f"evaluate net {i}")
+        record["seconds_eval"] = time.perf_counter() - tic
+        history.append(record)
+        save_checkpoint(out_dir / CHECKPOINT, {
+            "stage": "mmt", "epoch": epoch, "config_hash": cfg.config_hash(), "num_classes": num_classes,
+            "eps": eps, "history": history,
+            "students": [net.state_dict() for net in networks.students],
+            "means": [net.state_dict() for net in networks.means],
+        })
+    return summarise(history, cfg)
+
+
+def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    """Label-free headline numbers (last epoch, net 1) plus the oracle choice, kept apart and labelled."""
+    final = history[-1]["net1"]
+    best = max(((r["epoch"], name, r[name]) for r in history for name in ("net1", "net2") if name in r),
+               key=lambda item: item[2]["mAP"])
+    return {
+        "stage": "mmt", "task": cfg.task, "variant": cfg.variant, "seed": cfg.seed,
+        "config_hash": cfg.config_hash(), "config": cfg.to_dict(),
+        "selection": "label-free: last epoch, network 1",
+        **final,
+        "oracle": {"epoch": best[0], "network": best[1], **best[2], "note": ORACLE_NOTE},
+        "history": history,
+    }
+
+
+def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
+    """Table 2, row 1: the Stage I network applied to the target as it is (no adaptation)."""
+    device = resolve_device(cfg.runtime.device)
+    target = load_named_dataset(cfg.data, cfg.data.target)
+    net = prepare_model(load_pretrained_network(pretrained, cfg.model.arch), cfg.runtime, device)
+    return {
+        "stage": "direct", "task": cfg.task, "variant": "direct", "seed": cfg.seed,
+        "config_hash": cfg.config_hash(), "config": cfg.to_dict(), "selection": "Stage I network",
+        **evaluate_model(net, target, cfg, device, desc="evaluate direct transfer"),
+    }
+
+
+def _restore(networks: Networks, path: Path, cfg: RunConfig, device: torch.device) -> tuple[int, float | None, list]:
+    state = load_checkpoint(path)
+    if state.get("stage") != "mmt" or state.get("config_hash") != cfg.config_hash():
+        raise ValueError(
+            f"{path} was written by a different run (stage {state.get('stage')!r}, hash "
+            f"{state.get('config_hash')}; expected 'mmt', {cfg.config_hash()}): use another out_dir or delete it"
+        )
+    placeholder = torch.zeros(state["num_classes"], networks.students[0].feature_dim, device=device)
+    for net, weights in zip(networks.all(), state["students"] + state["means"]):
+        net.reset_classifier(placeholder)
+        net.load_state_dict(weights)
+    for net in networks.means:
+        net.classifier.weight.requires_grad_(False)
+    return state["epoch"] + 1, state["eps"], state["history"]
+
+
+# ---------------------------------------------------------------- what the notebooks call
+
+
+def run_variant(cfg: RunConfig, out_dir: str | Path, pretrained_dirs: list[str]) -> dict[str, Any]:
+    """The run a batch grid cell means: ``direct`` evaluates Stage I network 1, every other variant trains."""
+    checkpoints = [project_path(d) / PRETRAIN_CHECKPOINT for d in pretrained_dirs]
+    if cfg.variant == "direct":
+        return evaluate_direct(cfg, checkpoints[0])
+    return train_mmt(cfg, project_path(out_dir), tuple(checkpoints))
+
+
+def describe_variant(cfg: RunConfig) -> str:
+    """A Markdown line saying which loss terms are on and who gives the soft labels."""
+    if cfg.variant == "direct":
+        return f"**direct**: the Stage I network evaluated on `{cfg.data.target}`, no adaptation."
+    m = cfg.mmt
+    on = ", ".join(f"{name} x{w:g}" for name, w in m.term_weights().items() if w > 0)
+    teacher = {"peer-mean": "the peer's mean teacher", "own-mean": "the network's own mean teacher",
+               "peer-current": "the peer's current network", "none": "nobody (hard labels only)"}[m.soft_teacher]
+    clusters = f"k-means, K={m.num_clusters}" if m.clustering == "kmeans" else f"DBSCAN on Jaccard (k1={m.k1})"
+    return (f"**{cfg.variant}** on `{cfg.data.source}` → `{cfg.data.target}`: loss terms {on}; soft labels from "
+            f"{teacher}; pseudo labels by {clusters}; mean teachers {'on' if m.mean_teacher else 'off'}.")
+
+
+def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
+    """The reported numbers and, apart, the oracle choice (target labels: not a valid UDA number)."""
+    keys = ["mAP", "mINP", "top1", "top5", "top10"]
+    rows = {metrics["selection"]: [metrics[k] for k in keys]}
+    if "oracle" in metrics:
+        o = metrics["oracle"]
+        rows[f"oracle (epoch {o['epoch']}, {o['network']})"] = [o[k] for k in keys]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=keys)
+
+
+def curve_keys(history: list[dict[str, Any]]) -> list[str]:
+    """Loss terms present in this run, then target mAP of each evaluated network."""
+    present = set().union(*history) if history else set()
+    losses = sorted(k for k in present if k.startswith("loss_"))
+    return losses + sorted(k for k in present if k.endswith(".mAP"))
+
+
+def quality_keys(history: list[dict[str, Any]]) -> list[str]:
+    """Pseudo-label quality measures of this run, if it clustered at all."""
+    present = set().union(*history) if history else set()
+    wanted = ["num_clusters", "nmi", "pairwise_precision", "pairwise_recall", "wrong_majority_fraction"]
+    return [f"pseudo_labels.{k}" for k in wanted if f"pseudo_labels.{k}" in present]

@@ -1,0 +1,95 @@
+"""Results tables: read every run's ``metrics.json``, aggregate over seeds, set beside the paper.
+
+Only runs whose metrics carry a headline ``mAP`` count; Stage I runs and analysis notebooks are
+left out of the tables (their own metrics stay in their folders).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mmt_lib.checkpoints import METRICS_FILE
+from mmt_lib.plots import plot_results_bars, save_figure
+
+METRIC_COLUMNS = ["mAP", "top1", "top5", "top10"]
+
+PUBLISHED: dict[tuple[str, str], tuple[float, float, float, float]] = {
+    ("market2duke", "direct"): (29.6, 46.0, 61.5, 67.2),
+    ("duke2market", "direct"): (31.8, 61.9, 76.4, 82.2),
+    ("market2duke", "mmt-kmeans"): (63.1, 76.8, 88.0, 92.2),
+    ("duke2market", "mmt-kmeans"): (71.2, 87.7, 94.9, 96.9),
+    ("market2msmt", "direct"): (7.1, 19.4, 28.9, 34.2),
+    ("duke2msmt", "direct"): (9.4, 27.0, 38.1, 43.7),
+    ("market2msmt", "mmt-kmeans"): (22.9, 49.2, 63.1, 68.8),
+    ("duke2msmt", "mmt-kmeans"): (23.3, 50.1, 63.9, 69.8),
+}
+"""MMT_SPEC's ResNet-50 numbers (percent): K = 500 for Market/Duke targets, 1500 for MSMT17."""
+
+
+def load_runs(profile_dir: str | Path) -> pd.DataFrame:
+    """One row per finished run (task, variant, seed) under ``runs/<profile>/``."""
+    rows = []
+    for path in sorted(Path(profile_dir).glob(f"*/*/seed*/{METRICS_FILE}")):
+        metrics = json.loads(path.read_text())
+        if "mAP" not in metrics or metrics.get("stage") not in ("mmt", "direct"):
+            continue
+        row = {"task": metrics["task"], "variant": metrics["variant"], "seed": metrics["seed"]}
+        row.update({k: 100.0 * metrics[k] for k in METRIC_COLUMNS})
+        row["oracle_mAP"] = 100.0 * metrics["oracle"]["mAP"] if "oracle" in metrics else float("nan")
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["task", "variant", "seed", *METRIC_COLUMNS, "oracle_mAP"])
+
+
+def summarise(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and standard deviation over seeds (percent), one row per task x variant."""
+    columns = [*METRIC_COLUMNS, "oracle_mAP"]
+    grouped = runs.groupby(["task", "variant"], sort=True)[columns]
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
+    table["seeds"] = grouped.size()
+    ordered = [f"{c}_{s}" for c in METRIC_COLUMNS for s in ("mean", "std")] + ["oracle_mAP_mean", "seeds"]
+    return table[ordered].reset_index()
+
+
+def with_published(summary: pd.DataFrame) -> pd.DataFrame:
+    """Add the paper's ResNet-50 mAP / top-1 where MMT_SPEC gives them (NaN elsewhere)."""
+    out = summary.copy()
+    published = [PUBLISHED.get((t, v)) for t, v in zip(out["task"], out["variant"])]
+    out["paper_mAP"] = [p[0] if p else float("nan") for p in published]
+    out["paper_top1"] = [p[1] if p else float("nan") for p in published]
+    return out
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """A compact Markdown table: ``mean ± std`` cells, one decimal."""
+    shown = table[["task", "variant"]].copy()
+    for col in METRIC_COLUMNS:
+        shown[col] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+    for extra in ("oracle_mAP_mean", "paper_mAP", "paper_top1", "seeds"):
+        if extra in table:
+            shown[extra] = table[extra]
+    return shown.to_markdown(index=False, floatfmt=".1f")
+
+
+def collect(profile_dir: str | Path) -> pd.DataFrame:
+    """Write ``results.csv`` and ``results.md`` into ``profile_dir``; return the table."""
+    profile_dir = Path(profile_dir)
+    table = with_published(summarise(load_runs(profile_dir)))
+    csv_tmp = profile_dir / ".results.csv.tmp"
+    table.to_csv(csv_tmp, index=False, float_format="%.2f")
+    csv_tmp.replace(profile_dir / "results.csv")
+    md = profile_dir / "results.md"
+    md_tmp = profile_dir / ".results.md.tmp"
+    md_tmp.write_text(
+        f"# Results: {profile_dir.name}\n\nPercent, mean ± std over seeds. Label-free model selection "
+        "(last epoch, network 1); `oracle_mAP_mean` picks the best epoch by target-test mAP and is "
+        "not a valid unsupervised result. `paper_*`: MMT_SPEC's ResNet-50 numbers on the real datasets.\n\n"
+        + to_markdown(table) + "\n"
+    )
+    md_tmp.replace(md)
+    if len(table):
+        for value in ("mAP", "top1"):
+            save_figure(plot_results_bars(table, value=value), profile_dir / "figures" / f"results_{value}.png")
+    return table
