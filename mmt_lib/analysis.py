@@ -175,3 +175,17 @@ def embed_2d(features: np.ndarray, method: str = "tsne", seed: int = 0, **kwargs
         kwargs.setdefault("n_jobs", 1)  # a seed forces one thread anyway; saying so skips its warning
         points = umap.UMAP(n_components=2, random_state=seed, **kwargs).fit_transform(features)
     return np.asarray(points, dtype=np.float64)
+
+
+def flat_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-epoch records with nested sections flattened to dotted keys ("net1.mAP", "pseudo_labels.nmi")."""
+    flat = []
+    for record in history:
+        entry: dict[str, Any] = {}
+        for key, value in record.items():
+            if isinstance(value, dict):
+                entry.update({f"{key}.{inner}": v for inner, v in value.items()})
+            else:
+                entry[key] = value
+        flat.append(entry)
+    return flat

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
@@ -91,18 +89,3 @@ def check_finite(terms: dict[str, torch.Tensor], iteration: int, epoch: int) -> 
                 f"loss term {name!r} is {v} at epoch {epoch}, iteration {iteration}; "
                 f"lower the learning rate or check the input data"
             )
-
-
-def batches(loader: torch.utils.data.DataLoader, count: int) -> Iterator:
-    """Exactly ``count`` batches, restarting ``loader`` when it runs dry: an "epoch" is a fixed iteration count."""
-    produced = 0
-    while produced < count:
-        empty = True
-        for batch in loader:
-            empty = False
-            yield batch
-            produced += 1
-            if produced == count:
-                return
-        if empty:
-            raise ValueError("the training loader yields no batch: too few images for one batch")

@@ -30,10 +30,10 @@ from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import load_checkpoint, save_arrays_atomic, save_checkpoint
 from mmt_lib.config import MMTConfig, RunConfig
 from mmt_lib.data import ReidDataset
-from mmt_lib.data.loaders import ImageDataset, TwoViewDataset, build_test_loader, build_train_loader
+from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
 from mmt_lib.engine import (
-    autocast, batches, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
+    autocast, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
     uses_bf16,
 )
 from mmt_lib.evaluate import extract_features
@@ -155,7 +155,7 @@ def train_epoch(
     for net in networks.all():
         net.train()
     totals: dict[str, float] = {}
-    progress = tqdm(batches(loader, m.iters), total=m.iters, desc=f"MMT epoch {epoch}",
+    progress = tqdm(IterLoader(loader, m.iters), desc=f"MMT epoch {epoch}",
                     disable=not cfg.runtime.progress, leave=False)
     for it, (view1, view2, labels, _, _) in enumerate(progress):
         views = [view1.to(device, non_blocking=True), view2.to(device, non_blocking=True)]
@@ -328,17 +328,3 @@ def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
         o = metrics["oracle"]
         rows[f"oracle (epoch {o['epoch']}, {o['network']})"] = [o[k] for k in keys]
     return pd.DataFrame.from_dict(rows, orient="index", columns=keys)
-
-
-def curve_keys(history: list[dict[str, Any]]) -> list[str]:
-    """Loss terms present in this run, then target mAP of each evaluated network."""
-    present = set().union(*history) if history else set()
-    losses = sorted(k for k in present if k.startswith("loss_"))
-    return losses + sorted(k for k in present if k.endswith(".mAP"))
-
-
-def quality_keys(history: list[dict[str, Any]]) -> list[str]:
-    """Pseudo-label quality measures of this run, if it clustered at all."""
-    present = set().union(*history) if history else set()
-    wanted = ["num_clusters", "nmi", "pairwise_precision", "pairwise_recall", "wrong_majority_fraction"]
-    return [f"pseudo_labels.{k}" for k in wanted if f"pseudo_labels.{k}" in present]

@@ -124,7 +124,7 @@ def plot_training_curves(history: list[dict], keys: list[str], title: str) -> Fi
     return fig
 
 
-def plot_label_quality(histories: dict[str, list[dict]], metric: str) -> Figure:
+def plot_label_quality(histories: dict[str, list[dict]], metric: str, title: str | None = None) -> Figure:
     """One line per run (e.g. baseline vs MMT) of a pseudo-label quality metric across epochs.
 
     ``histories`` maps a run name to its per-epoch flat dicts (see ``plot_training_curves``);
@@ -142,7 +142,7 @@ def plot_label_quality(histories: dict[str, list[dict]], metric: str) -> Figure:
         ax.plot(epochs, values, marker="o", markersize=3, label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel(metric)
-    ax.set_title(f"pseudo-label {metric} per epoch")
+    ax.set_title(title or f"pseudo-label {metric} per epoch")
     ax.legend(fontsize="small")
     return fig
 
@@ -239,3 +239,23 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> Pa
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+_QUALITY_CURVES = ("num_clusters", "nmi", "pairwise_precision", "pairwise_recall", "wrong_majority_fraction")
+
+
+def run_figures(history: list[dict[str, Any]], title: str) -> list[Figure]:
+    """The standard figures of one run's flat history: loss terms and mAP, then pseudo-label quality.
+
+    A run without training epochs (direct transfer) has nothing to draw and gets no figure.
+    """
+    present = {k for entry in history for k in entry}
+    curves = sorted(k for k in present if k.startswith("loss_")) + sorted(k for k in present if k.endswith(".mAP"))
+    quality = [k for k in (f"pseudo_labels.{m}" for m in _QUALITY_CURVES) if k in present]
+    figures = []
+    if curves:
+        figures.append(plot_training_curves(history, curves, title=title))
+    if quality:
+        figures.append(plot_training_curves(history, quality, title=f"{title}: pseudo labels vs ground truth"))
+    return figures
+

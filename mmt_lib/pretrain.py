@@ -18,10 +18,10 @@ from tqdm.auto import trange
 
 from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import PretrainConfig, RunConfig
-from mmt_lib.data.loaders import ImageDataset, build_train_loader
+from mmt_lib.data.loaders import ImageDataset, IterLoader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
-    autocast, batches, check_finite, evaluate_model, load_task_datasets, prepare_model, resolve_device,
+    autocast, check_finite, evaluate_model, load_task_datasets, prepare_model, resolve_device,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.paths import project_path
@@ -119,8 +119,8 @@ def train_epoch(
     """``iters`` steps of label-smoothed CE + hard softmax-triplet (weights 1:1) on source batches."""
     model.train()
     totals = {"ce": 0.0, "triplet": 0.0}
-    target_batches = batches(target_loader, cfg.pretrain.iters) if target_loader is not None else None
-    for it, (images, pids, _, _) in enumerate(batches(source_loader, cfg.pretrain.iters)):
+    target_batches = iter(IterLoader(target_loader, cfg.pretrain.iters)) if target_loader is not None else None
+    for it, (images, pids, _, _) in enumerate(IterLoader(source_loader, cfg.pretrain.iters)):
         images, pids = images.to(device, non_blocking=True), pids.to(device, non_blocking=True)
         if target_batches is not None:
             with torch.no_grad(), autocast(cfg.runtime, device):

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from mmt_lib.analysis import flat_history
 from mmt_lib.checkpoints import METRICS_FILE
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.plots import plot_results_bars, save_figure
 
 METRIC_COLUMNS = ["mAP", "top1", "top5", "top10"]
@@ -51,6 +53,34 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     table["seeds"] = grouped.size()
     ordered = [f"{c}_{s}" for c in METRIC_COLUMNS for s in ("mean", "std")] + ["oracle_mAP_mean", "seeds"]
     return table[ordered].reset_index()
+
+
+def main_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: every task with direct transfer, the baseline and both MMT clusterings."""
+    return _rows(table, MAIN_VARIANTS)
+
+
+def ablation_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: the ablation tasks, rows in the paper's order."""
+    order = ["direct", "baseline", *ABLATION_VARIANTS, "mmt-kmeans"]
+    return _rows(table[table["task"].isin(ABLATION_TASKS)], order)
+
+
+def _rows(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
+    rank = {v: i for i, v in enumerate(variants)}
+    picked = table[table["variant"].isin(rank)].copy()
+    picked["_order"] = picked["variant"].map(rank)
+    return picked.sort_values(["task", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def histories_by_task(profile_dir: str | Path, seed: int = 1) -> dict[str, dict[str, list[dict]]]:
+    """Per task, each trained variant's flat per-epoch history (one seed), for curves side by side."""
+    out: dict[str, dict[str, list[dict]]] = {}
+    for path in sorted(Path(profile_dir).glob(f"*/*/seed{seed}/{METRICS_FILE}")):
+        metrics = json.loads(path.read_text())
+        if metrics.get("stage") == "mmt":
+            out.setdefault(metrics["task"], {})[metrics["variant"]] = flat_history(metrics["history"])
+    return out
 
 
 def with_published(summary: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,153 @@
+"""Datasets and loaders: one view per image for Stage I and evaluation, two views for MMT (Stage II).
+
+Determinism. A training loader for (seed, epoch) always yields the same batches:
+
+* the identity sampler's order is a pure function of (seed, epoch, pass), see ``IdentitySampler``;
+* with ``num_workers > 0`` augmentations run in worker processes that torch seeds from the
+  loader's generator, here seeded from (seed, epoch);
+* with ``num_workers = 0`` augmentations draw from torch's global RNG in the main process: the
+  trainer calls ``mmt_lib.seeding.seed_everything(seed, epoch)`` at the start of each epoch.
+
+The two settings give different (each repeatable) augmentations, so runs compare like with like
+only at the same ``num_workers``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from mmt_lib.data.base import Sample
+from mmt_lib.data.sampler import IdentitySampler
+from mmt_lib.data.transforms import Transform
+from mmt_lib.seeding import derive_seed
+
+_WORKER_STREAM = 1
+"""Seed key that keeps the workers' stream apart from the global one seeded by ``seed_everything``."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """An RGB PIL image; a missing or unreadable file raises ``OSError`` naming the path."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except OSError as err:
+        raise OSError(f"cannot read image file {path}: {err}") from err
+
+
+class ImageDataset(Dataset):
+    """Items ``(image, pid, camid, index)``: ``index`` ties a feature back to its sample."""
+
+    def __init__(self, samples: list[Sample], transform: Transform) -> None:
+        if not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        self.samples = list(samples)
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
+        path, pid, camid = self.samples[index]
+        return self.transform(load_image(path)), pid, camid, index
+
+
+class TwoViewDataset(ImageDataset):
+    """Items ``(view1, view2, pid, camid, index)``: two independent augmentations of one image.
+
+    MMT feeds view 1 to network 1 and its mean net, view 2 to network 2 and its mean net, so the
+    two peers see the same identity under different augmentations.
+    """
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
+        path, pid, camid = self.samples[index]
+        image = load_image(path)
+        return self.transform(image), self.transform(image), pid, camid, index
+
+
+def build_train_loader(
+    dataset: Dataset,
+    samples: list[Sample],
+    batch_size: int,
+    num_instances: int,
+    num_workers: int,
+    seed: int,
+    epoch: int,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """Batches of ``batch_size // num_instances`` identities x ``num_instances`` images for epoch ``epoch``.
+
+    ``samples`` are the (pseudo-)labels the sampler groups by, aligned with ``dataset``; outliers
+    (pid -1) must already be filtered out. Incomplete last batches are dropped.
+    """
+    if len(dataset) != len(samples):
+        raise ValueError(f"dataset has {len(dataset)} items but samples has {len(samples)}; they must be aligned")
+    if batch_size < 1 or num_instances < 1 or batch_size % num_instances:
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})"
+        )
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    sampler = IdentitySampler(samples, num_instances=num_instances, seed=seed)
+    per_batch = batch_size // num_instances
+    if len(sampler.pids) < per_batch:
+        raise ValueError(
+            f"samples hold {len(sampler.pids)} identities but a batch needs {per_batch} "
+            f"(batch_size {batch_size} / num_instances {num_instances}); lower batch_size"
+        )
+    sampler.set_epoch(epoch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, _WORKER_STREAM)),
+    )
+
+
+def build_test_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """Every item once, in order, last batch kept: for feature extraction."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                      num_workers=num_workers, pin_memory=pin_memory)
+
+
+class IterLoader:
+    """Exactly ``iters`` batches per iteration: a training "epoch" is a fixed number of iterations.
+
+    When the loader runs dry it is iterated again; an ``IdentitySampler`` starts its next pass
+    (a new, still seeded, order) on each new iteration, so the restarted passes differ.
+    """
+
+    def __init__(self, loader: DataLoader, iters: int) -> None:
+        if iters < 1:
+            raise ValueError(f"iters must be >= 1, got {iters}")
+        self.loader = loader
+        self.iters = iters
+
+    def __len__(self) -> int:
+        return self.iters
+
+    def __iter__(self) -> Iterator[Any]:
+        produced = 0
+        while True:
+            empty = True
+            for batch in self.loader:
+                empty = False
+                yield batch
+                produced += 1
+                if produced == self.iters:
+                    return
+            if empty:
+                raise ValueError("the loader yields no batch: too few samples for one batch")

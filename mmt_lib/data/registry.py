@@ -1,0 +1,53 @@
+"""`load_dataset(name, root)`: one entry point for every dataset; adding a parser is one line in DATASETS."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+from .base import ReidDataset
+from .dukemtmc import load_dukemtmc
+from .folder import load_folder
+from .market1501 import load_market_layout, load_market1501
+from .msmt17 import load_msmt17
+
+
+def _load_synthetic(domain: str, root: str | Path, **options) -> ReidDataset:
+    """Generate the synthetic domain under `root` if absent, then read it as a Market-layout dataset.
+
+    Imported lazily so that reading real data never pays for (or depends on) the generator.
+    `options` go to `ensure_domain` (size, seed).
+    """
+    from .synthetic import ensure_domain
+
+    folder = ensure_domain(domain, Path(root), **options)
+    return load_market_layout(folder, name=domain, max_cam=None)
+
+
+DATASETS: dict[str, Callable[..., ReidDataset]] = {
+    "market1501": load_market1501,
+    "dukemtmc": load_dukemtmc,
+    "msmt17": load_msmt17,
+    "folder": load_folder,
+    "synth-market": partial(_load_synthetic, "synth-market"),
+    "synth-duke": partial(_load_synthetic, "synth-duke"),
+    "synth-msmt": partial(_load_synthetic, "synth-msmt"),
+}
+"""Dataset name -> parser `(root, **options) -> ReidDataset`."""
+
+
+def known_datasets() -> list[str]:
+    """The names `load_dataset` accepts, sorted."""
+    return sorted(DATASETS)
+
+
+def load_dataset(name: str, root: str | Path, **options) -> ReidDataset:
+    """Load dataset `name` from `root` (the dataset folder or the folder holding it).
+
+    `options` go to the parser: `version` for msmt17, `display_name` for folder, `size`/`seed` for synth-*.
+    """
+    key = name.strip().lower()
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())}")
+    return DATASETS[key](root, **options)

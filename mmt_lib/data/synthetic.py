@@ -1,0 +1,334 @@
+"""Synthetic person re-ID domains, so the whole MMT story runs where no real dataset can be downloaded.
+
+Each domain is a small world of pedestrians seen by several cameras, written in the Market-1501
+layout (`<root>/<domain>-<size>-seed<seed>/{bounding_box_train,query,bounding_box_test}/`, names
+`{pid:04d}_c{cam}s1_{frame:06d}_00.jpg`). An identity is a stable set of attributes (clothing
+colours and patterns, build, hair, hat, bag); a camera changes viewpoint, colour cast, scenery,
+framing and occlusion; a domain is a rendering style. Identities are distinguishable but
+confusable (a limited palette makes many people in black coats), cameras change appearance, and
+the domains differ in style so that a network trained on one transfers only partly to another:
+the gap MMT's pseudo-label refinery has to close.
+
+What differs between the domains (every knob lives in `DOMAINS` below):
+
+| knob                       | synth-market          | synth-duke               | synth-msmt                      |
+|----------------------------|-----------------------|--------------------------|---------------------------------|
+| cameras                    | 6                     | 8                        | 15                              |
+| identities (real: train/test) | 751 / 750          | 702 / 1110               | 1041 / 3060                     |
+| cameras per identity       | 2-6                   | 2-4                      | 2-5                             |
+| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 70% neutral (black, navy, grey), long coats, backpacks | mixed; hues shifted the other way |
+| white balance              | warm (+0.35)          | cool (-0.4)              | neutral, strong per-camera casts |
+| illumination gain          | 0.95-1.25             | 0.65-1.0                 | 0.5-1.35                        |
+| scenery                    | street (walls, windows, pavement) | campus (foliage, brick, snow or grass) | street, campus and indoor corridors |
+| texture / sensor noise     | 0.15 / 0.015          | 0.3 / 0.03               | 0.25 / 0.04                     |
+| blur radius / resolution loss | 0.3 px / none      | 0.6 px / 1.4x            | 0.5 px / 1.8x                   |
+| JPEG quality               | 92                    | 80                       | 75                              |
+| occlusion (mean chance)    | 8%                    | 25%                      | 18%                             |
+| gallery distractors (pid 0)| 10% of the gallery    | none                     | none                            |
+
+Identity counts are the real datasets' scaled by the size's `id_scale` (`SIZES`). Test identities
+are disjoint from train identities; for each test identity one image per camera (at most
+`max_queries` cameras) becomes a query and the rest go to the gallery, and every camera of a test
+identity holds at least two images, so every query has a true match in another camera.
+
+Every random draw comes from a generator seeded by (seed, domain, purpose, index): the same seed
+gives byte-identical files. A finished domain folder holds a `.complete` marker with a hash of its
+specification; generation writes into a temporary folder next to it and renames it into place, so
+an interrupted run never leaves a half-written domain behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from .synthetic_render import (
+    OUT_H,
+    OUT_W,
+    CameraModel,
+    DomainStyle,
+    Identity,
+    make_background,
+    make_cameras,
+    render_image,
+    sample_identity,
+)
+
+GENERATOR_VERSION = 1
+"""Bump when rendering changes: cached domains with another version are regenerated."""
+MARKER = ".complete"
+SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
+
+
+@dataclass(frozen=True)
+class DomainSpec:
+    """One synthetic domain: its cameras, identity counts (the real dataset's), and rendering style."""
+
+    name: str
+    num_cams: int
+    real_train_ids: int
+    real_test_ids: int
+    cams_per_id: tuple[int, int]
+    distractor_fraction: float
+    style: DomainStyle
+
+
+@dataclass(frozen=True)
+class SizeSpec:
+    """How big a generated domain is: identities are the real counts times `id_scale` (at least `min_ids`)."""
+
+    id_scale: float
+    min_ids: int
+    train_images: tuple[int, int]
+    test_images: tuple[int, int]
+    max_queries: int
+
+
+DOMAINS: dict[str, DomainSpec] = {
+    "synth-market": DomainSpec(
+        name="synth-market", num_cams=6, real_train_ids=751, real_test_ids=750, cams_per_id=(2, 6),
+        distractor_fraction=0.1,
+        style=DomainStyle(
+            dark_clothing=0.35, hue_shift=0.0, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
+            backpack=0.3, temperature=0.35, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.08,
+            backgrounds=("street",), texture=0.15, noise=0.015, blur=0.3, downsample=1.0, jpeg_quality=92,
+            occlusion=0.08, scale=(0.85, 0.97),
+        ),
+    ),
+    "synth-duke": DomainSpec(
+        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(2, 4),
+        distractor_fraction=0.0,
+        style=DomainStyle(
+            dark_clothing=0.7, hue_shift=0.04, saturation=0.75, lightness=-0.1, coat=0.45, summer=0.05,
+            backpack=0.45, temperature=-0.4, brightness=(0.65, 1.0), contrast=0.9, camera_cast=0.12,
+            backgrounds=("campus",), texture=0.3, noise=0.03, blur=0.6, downsample=1.4, jpeg_quality=80,
+            occlusion=0.25, scale=(0.8, 0.95),
+        ),
+    ),
+    "synth-msmt": DomainSpec(
+        name="synth-msmt", num_cams=15, real_train_ids=1041, real_test_ids=3060, cams_per_id=(2, 5),
+        distractor_fraction=0.0,
+        style=DomainStyle(
+            dark_clothing=0.55, hue_shift=-0.03, saturation=0.9, lightness=0.0, coat=0.3, summer=0.2,
+            backpack=0.35, temperature=0.0, brightness=(0.5, 1.35), contrast=1.0, camera_cast=0.22,
+            backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.25, noise=0.04,
+            blur=0.5, downsample=1.8, jpeg_quality=75, occlusion=0.18, scale=(0.75, 0.97),
+        ),
+    ),
+}
+"""The three synthetic domains; every domain-gap knob is here."""
+
+SIZES: dict[str, SizeSpec] = {
+    "tiny": SizeSpec(id_scale=0.016, min_ids=8, train_images=(5, 7), test_images=(4, 6), max_queries=2),
+    "small": SizeSpec(id_scale=0.08, min_ids=8, train_images=(8, 12), test_images=(6, 10), max_queries=3),
+    "default": SizeSpec(id_scale=0.25, min_ids=8, train_images=(10, 14), test_images=(8, 12), max_queries=3),
+}
+"""`tiny` for tests (about a second), `small` for quick looks, `default` for CPU experiments."""
+
+_PURPOSES = {"identity": 0, "plan": 1, "cameras": 2, "image": 3, "distractor": 4, "grid": 5}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One image to render: where it goes, who is in it (None: background only) and its seed index."""
+
+    split: str
+    pid: int
+    cam: int
+    frame: int
+    identity_key: tuple[str, int] | None
+
+
+def _domain_code(name: str) -> int:
+    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+
+
+def _rng(seed: int, name: str, purpose: str, index: int) -> np.random.Generator:
+    """The generator for one draw, seeded by (seed, domain, purpose, index) so nothing depends on order."""
+    return np.random.default_rng([seed, _domain_code(name), _PURPOSES[purpose], index])
+
+
+def _lookup(name: str, size: str) -> tuple[DomainSpec, SizeSpec]:
+    if name not in DOMAINS:
+        raise ValueError(f"unknown synthetic domain {name!r}; known: {', '.join(DOMAINS)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown synthetic size {size!r}; known: {', '.join(SIZES)}")
+    return DOMAINS[name], SIZES[size]
+
+
+def identity_counts(spec: DomainSpec, size: SizeSpec) -> tuple[int, int]:
+    """(train, test) identity counts: the real dataset's, scaled."""
+    return tuple(max(size.min_ids, round(n * size.id_scale)) for n in (spec.real_train_ids, spec.real_test_ids))
+
+
+def _split_counts(rng: np.random.Generator, n: int, k: int, at_least: int) -> np.ndarray:
+    """Spread `n` images over `k` cameras, each getting `at_least`, the rest unevenly (cameras differ)."""
+    weights = rng.dirichlet(np.full(k, 2.0))
+    return at_least + rng.multinomial(n - k * at_least, weights)
+
+
+def plan_domain(spec: DomainSpec, size: SizeSpec, seed: int) -> list[_Job]:
+    """Every image of a domain: identity, camera, split and frame number (the image's seed index)."""
+    num_train, num_test = identity_counts(spec, size)
+    jobs: list[_Job] = []
+    lo_cams, hi_cams = spec.cams_per_id
+    for pid in range(1, num_train + num_test + 1):
+        rng = _rng(seed, spec.name, "plan", pid)
+        train = pid <= num_train
+        n = int(rng.integers(*(size.train_images if train else size.test_images), endpoint=True))
+        at_least = 1 if train else 2
+        k = int(rng.integers(lo_cams, max(lo_cams, min(hi_cams, spec.num_cams, n // at_least)), endpoint=True))
+        cams = np.sort(rng.choice(spec.num_cams, k, replace=False)) + 1
+        counts = _split_counts(rng, max(n, k * at_least), k, at_least)
+        query_cams = set(rng.choice(cams, min(size.max_queries, k), replace=False).tolist()) if not train else set()
+        for cam, count in zip(cams.tolist(), counts.tolist()):
+            for i in range(count):
+                split = "train" if train else ("query" if i == 0 and cam in query_cams else "gallery")
+                jobs.append(_Job(split, pid, cam, len(jobs) + 1, ("identity", pid)))
+    num_gallery = sum(job.split == "gallery" for job in jobs)
+    for j in range(round(spec.distractor_fraction * num_gallery)):
+        rng = _rng(seed, spec.name, "distractor", j)
+        key = ("distractor", j) if rng.random() < 0.7 else None
+        jobs.append(_Job("gallery", 0, int(rng.integers(spec.num_cams)) + 1, len(jobs) + 1, key))
+    return jobs
+
+
+def file_name(pid: int, cam: int, frame: int) -> str:
+    """Market-1501 naming: identity, 1-based camera, sequence 1, frame, box 0."""
+    return f"{pid:04d}_c{cam}s1_{frame:06d}_00.jpg"
+
+
+def spec_hash(name: str, size: str, seed: int) -> str:
+    """What a cached domain folder must match: the generator version, domain and size specs, seed."""
+    spec, size_spec = _lookup(name, size)
+    payload = {"generator": GENERATOR_VERSION, "domain": asdict(spec), "size": asdict(size_spec), "seed": seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class _Renderer:
+    """Renders jobs of one domain, caching identities and per-camera backgrounds."""
+
+    def __init__(self, spec: DomainSpec, seed: int) -> None:
+        self.spec, self.seed = spec, seed
+        self.cameras: tuple[CameraModel, ...] = make_cameras(spec.style, spec.num_cams,
+                                                             _rng(seed, spec.name, "cameras", 0))
+        self._identities: dict[tuple[str, int], Identity] = {}
+        self._backgrounds: dict[int, np.ndarray] = {}
+
+    def identity(self, key: tuple[str, int]) -> Identity:
+        if key not in self._identities:
+            self._identities[key] = sample_identity(self.spec.style, _rng(self.seed, self.spec.name, *key))
+        return self._identities[key]
+
+    def render(self, key: tuple[str, int] | None, cam: int, rng: np.random.Generator) -> Image.Image:
+        camera = self.cameras[cam - 1]
+        if cam not in self._backgrounds:
+            self._backgrounds[cam] = make_background(camera, self.spec.style)
+        ident = None if key is None else self.identity(key)
+        return render_image(ident, camera, self.spec.style, self._backgrounds[cam], rng)
+
+
+def _write_domain(folder: Path, name: str, size: str, seed: int, progress: bool) -> None:
+    spec, size_spec = _lookup(name, size)
+    for split_dir in SPLIT_DIRS.values():
+        (folder / split_dir).mkdir(parents=True)
+    renderer = _Renderer(spec, seed)
+    jobs = plan_domain(spec, size_spec, seed)
+    for job in tqdm(jobs, desc=f"generating {name} ({size})", unit="img", disable=not progress):
+        image = renderer.render(job.identity_key, job.cam, _rng(seed, name, "image", job.frame))
+        image.save(folder / SPLIT_DIRS[job.split] / file_name(job.pid, job.cam, job.frame), "JPEG",
+                   quality=spec.style.jpeg_quality)
+    (folder / MARKER).write_text(json.dumps({"hash": spec_hash(name, size, seed), "generator": GENERATOR_VERSION,
+                                             "images": len(jobs)}))
+
+
+def _is_complete(folder: Path, expected_hash: str) -> bool:
+    try:
+        return json.loads((folder / MARKER).read_text())["hash"] == expected_hash
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+def _remove_dead_temps(root: Path, folder_name: str) -> None:
+    """Delete temp folders of this domain left by killed runs (their process id no longer exists)."""
+    for path in root.glob(f".{folder_name}.*-*-*"):
+        try:
+            os.kill(int(path.name.split("-")[-2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
+def ensure_domain(name: str, root: str | Path, size: str = "default", seed: int = 0,
+                  progress: bool = True) -> Path:
+    """Return `<root>/<name>-<size>-seed<seed>`, generating it first unless a complete, matching copy exists.
+
+    A folder whose marker is missing or names another specification (a different generator version,
+    say) is regenerated. Generation is written to a temporary folder and renamed into place.
+    """
+    spec, _ = _lookup(name, size)
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"synthetic seed must be a non-negative integer, got {seed!r}")
+    root = Path(os.path.abspath(os.path.expanduser(str(root))))
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"synthetic data root {root} exists but is not a folder")
+    folder_name = f"{spec.name}-{size}-seed{seed}"
+    folder = root / folder_name
+    expected = spec_hash(name, size, seed)
+    if _is_complete(folder, expected):
+        return folder
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_dead_temps(root, folder_name)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    temp = root / f".{folder_name}.tmp-{token}"
+    try:
+        _write_domain(temp, name, size, int(seed), progress)
+        if folder.exists() and not _is_complete(folder, expected):
+            stale = root / f".{folder_name}.old-{token}"
+            os.rename(folder, stale)
+            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            os.rename(temp, folder)
+        except OSError:
+            if not _is_complete(folder, expected):
+                raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    return folder
+
+
+def render_identity_grid(name: str, num_ids: int = 4, cams: list[int] | None = None, seed: int = 0,
+                         gap: int = 2) -> np.ndarray:
+    """A uint8 image grid for looking at a domain: row i is training identity i+1, column j is camera cams[j].
+
+    Rendered in memory (nothing is written) with the same cameras and identities `ensure_domain`
+    uses for this seed, so rows show what stays with a person and columns what a camera changes.
+    """
+    if name not in DOMAINS:
+        raise ValueError(f"unknown synthetic domain {name!r}; known: {', '.join(DOMAINS)}")
+    spec = DOMAINS[name]
+    cams = list(range(1, spec.num_cams + 1)) if cams is None else list(cams)
+    bad = [c for c in cams if not 1 <= c <= spec.num_cams]
+    if bad or num_ids < 1:
+        raise ValueError(f"{name}: cameras must lie in 1..{spec.num_cams} and num_ids >= 1, got cams={bad}, "
+                         f"num_ids={num_ids}")
+    renderer = _Renderer(spec, seed)
+    grid = np.full((num_ids * (OUT_H + gap) - gap, len(cams) * (OUT_W + gap) - gap, 3), 255, np.uint8)
+    for row in range(num_ids):
+        for col, cam in enumerate(cams):
+            rng = _rng(seed, name, "grid", row * 1000 + cam)
+            tile = np.asarray(renderer.render(("identity", row + 1), cam, rng))
+            y, x = row * (OUT_H + gap), col * (OUT_W + gap)
+            grid[y:y + OUT_H, x:x + OUT_W] = tile
+    return grid
+

@@ -1,0 +1,261 @@
+"""k-reciprocal encoding (Zhong et al., CVPR 2017) in sparse form, and re-ranked evaluation.
+
+The textbook code holds several dense N x N matrices (distances, their argsort, V, the query-expanded
+V, the Jaccard distances): tens of GB at MSMT17 scale. Every one of them is sparse or only needed
+in a few columns, so here:
+- the k nearest neighbours come from blocks of the (symmetric) distance matrix, each block computed
+  once and used for its rows and its columns: memory O(N k + block^2);
+- V and its query expansion are scipy CSR matrices with O(N k1 k2) entries;
+- the Jaccard distance of a block of rows is built only for the pairs that share a member (all
+  other pairs are at distance exactly 1).
+
+Conventions, shared by the DBSCAN pseudo labels (``pseudo_labels.jaccard_distance``) and the
+test-time re-ranking here:
+- the base distance is the squared Euclidean distance, as in the evaluation protocol;
+- the neighbour set N(i, k) is i itself plus its k nearest other points (the first k + 1 columns
+  of the ranking, as in Zhong et al.'s code; the MMT reference's faiss path searches only k1
+  columns, one fewer);
+- R(i, k) = members j of N(i, k) with i in N(j, k); R(i, k1) is expanded by R(c, round(k1/2)) of
+  each member c when more than 2/3 of that half set lies in R(i, k1) (numpy's round, half to even);
+- members are weighted by exp(-d(i, j) * scale_i), normalised to sum 1 (scale_i = 1 for the pseudo
+  labels; 1 / max_j d(i, j) for re-ranking, as Zhong et al.'s code does with the distances it is
+  given, which it first squares: feed it Euclidean distances to get these numbers);
+- query expansion replaces V_i by the mean of V over N(i, k2 - 1), i.e. the k2 first columns;
+- Jaccard(i, j) = 1 - m / (2 - m), m = sum_k min(V_ik, V_jk) (rows of V sum to 1), clipped at 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from mmt_lib.evaluate import ArrayLike, check_features, evaluate_distance_blocks, squared_euclidean
+
+_KNN_BLOCK = 2048
+_ROW_CHUNK = 2048
+_PAIR_CHUNK = 1 << 20
+
+
+class Neighbours(NamedTuple):
+    """k nearest neighbours of every row among all rows (itself included), nearest first."""
+
+    distances: torch.Tensor  # [N, k] float32 squared Euclidean
+    indices: torch.Tensor  # [N, k] int64
+    row_max: torch.Tensor  # [N] largest distance of each row to any row
+
+
+def _merge(best_d: torch.Tensor, best_i: torch.Tensor, cand_d: torch.Tensor, cand_i: torch.Tensor, k: int):
+    d = torch.cat([best_d, cand_d], dim=1)
+    i = torch.cat([best_i, cand_i], dim=1)
+    d, order = torch.topk(d, k, dim=1, largest=False, sorted=True)
+    return d, torch.gather(i, 1, order)
+
+
+def nearest_neighbours(features: torch.Tensor, k: int, block: int = _KNN_BLOCK) -> Neighbours:
+    """Exact k nearest neighbours by squared Euclidean distance, in O(N k + block^2) memory.
+
+    Only the upper triangle of block pairs is multiplied: the N x N product dominates the cost and
+    is symmetric, so each block serves its rows and, transposed, its columns.
+    """
+    x = features.float()
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}] (the number of features), got {k}")
+    sq = (x * x).sum(1)
+    best_d = torch.full((n, k), float("inf"), device=x.device)
+    best_i = torch.zeros((n, k), dtype=torch.long, device=x.device)
+    row_max = torch.zeros(n, device=x.device)
+    starts = list(range(0, n, block))
+    for a in starts:
+        a_end = min(a + block, n)
+        for b in starts:
+            if b < a:
+                continue
+            b_end = min(b + block, n)
+            d = squared_euclidean(x[a:a_end], x[b:b_end], sq[b:b_end])
+            kr = min(k, b_end - b)
+            vals, idx = torch.topk(d, kr, dim=1, largest=False, sorted=False)
+            best_d[a:a_end], best_i[a:a_end] = _merge(best_d[a:a_end], best_i[a:a_end], vals, idx + b, k)
+            row_max[a:a_end] = torch.maximum(row_max[a:a_end], d.amax(1))
+            if b != a:
+                kc = min(k, a_end - a)
+                vals, idx = torch.topk(d, kc, dim=0, largest=False, sorted=False)
+                best_d[b:b_end], best_i[b:b_end] = _merge(best_d[b:b_end], best_i[b:b_end], vals.T, idx.T + a, k)
+                row_max[b:b_end] = torch.maximum(row_max[b:b_end], d.amax(0))
+    return Neighbours(best_d, best_i, row_max)
+
+
+def _reciprocal_mask(rank: np.ndarray, rows: np.ndarray, width: int) -> np.ndarray:
+    """mask[r, m]: rows[r] is among the first `width` columns of rank[rank[rows[r], m]]."""
+    forward = rank[rows, :width]
+    backward = rank[forward, :width]
+    return (backward == rows[:, None, None]).any(axis=2)
+
+
+def k_reciprocal_encoding(
+    features: torch.Tensor,
+    neighbours: Neighbours,
+    k1: int,
+    scale: torch.Tensor | None = None,
+) -> sp.csr_matrix:
+    """The sparse matrix V: row i holds the weights of i's expanded k-reciprocal set."""
+    x = features.float()
+    rank = neighbours.indices.cpu().numpy()
+    n = rank.shape[0]
+    if rank.shape[1] < k1 + 1:
+        raise ValueError(f"neighbours must hold at least k1 + 1 = {k1 + 1} columns, got {rank.shape[1]}")
+    half = int(np.around(k1 / 2.0))
+    sq = (x * x).sum(1)
+    out_rows, out_cols, out_vals = [], [], []
+    for s in range(0, n, _ROW_CHUNK):
+        rows = np.arange(s, min(s + _ROW_CHUNK, n))
+        forward = rank[rows, : k1 + 1]  # [c, k1+1]
+        in_r = _reciprocal_mask(rank, rows, k1 + 1)  # R(i, k1) as a mask over `forward`
+        # Half sets of every member: H(c) = R(c, half), as masks over rank[c, :half+1].
+        cand = forward.reshape(-1)
+        cand_half = rank[cand, : half + 1].reshape(len(rows), k1 + 1, half + 1)
+        cand_in_h = _reciprocal_mask(rank, cand, half + 1).reshape(len(rows), k1 + 1, half + 1)
+        r_members = np.where(in_r, forward, -1)
+        in_both = (cand_half[..., None] == r_members[:, None, None, :]).any(axis=3) & cand_in_h
+        size_h = cand_in_h.sum(axis=2)
+        accept = in_r & (in_both.sum(axis=2) > 2.0 / 3.0 * size_h)
+        expansion = np.where(accept[..., None] & cand_in_h, cand_half, -1).reshape(len(rows), -1)
+        members = np.sort(np.concatenate([r_members, expansion], axis=1), axis=1)
+        keep = members >= 0
+        keep[:, 1:] &= members[:, 1:] != members[:, :-1]
+        r_idx, slot = np.nonzero(keep)
+        i_glob = rows[r_idx]
+        j_glob = members[r_idx, slot]
+        d = torch.empty(len(i_glob), dtype=torch.float32)
+        for p in range(0, len(i_glob), _PAIR_CHUNK):
+            ii = torch.from_numpy(i_glob[p : p + _PAIR_CHUNK]).to(x.device)
+            jj = torch.from_numpy(j_glob[p : p + _PAIR_CHUNK]).to(x.device)
+            dots = (x[ii] * x[jj]).sum(1)
+            d[p : p + _PAIR_CHUNK] = (sq[ii] + sq[jj] - 2 * dots).clamp_(min=0).cpu()
+        if scale is not None:
+            d *= scale.cpu()[torch.from_numpy(i_glob)]
+        # Softmax of -d within each row (rows are contiguous runs of r_idx).
+        d_np = d.numpy().astype(np.float64)
+        counts = np.bincount(r_idx, minlength=len(rows))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        row_min = np.minimum.reduceat(d_np, starts)
+        w = np.exp(-(d_np - np.repeat(row_min, counts)))
+        w /= np.repeat(np.add.reduceat(w, starts), counts)
+        out_rows.append(i_glob)
+        out_cols.append(j_glob)
+        out_vals.append(w.astype(np.float32))
+    rows_all = np.concatenate(out_rows)
+    return sp.csr_matrix(
+        (np.concatenate(out_vals), (rows_all, np.concatenate(out_cols))), shape=(n, n), dtype=np.float32
+    )
+
+
+def query_expansion(v: sp.csr_matrix, neighbours: Neighbours, k2: int) -> sp.csr_matrix:
+    """Replace each row of V by the mean of V over the row's k2 first neighbours (itself first)."""
+    if k2 == 1:
+        return v
+    rank = neighbours.indices.cpu().numpy()
+    n = rank.shape[0]
+    if not 1 <= k2 <= rank.shape[1]:
+        raise ValueError(f"k2 must be in [1, {rank.shape[1]}] (the neighbours computed), got {k2}")
+    avg = sp.csr_matrix(
+        (np.full(n * k2, 1.0 / k2, dtype=np.float32), (np.repeat(np.arange(n), k2), rank[:, :k2].ravel())),
+        shape=(n, n),
+    )
+    out = (avg @ v).tocsr()
+    out.sort_indices()
+    return out
+
+
+def jaccard_block(v: sp.csr_matrix, v_cols: sp.csc_matrix, rows: slice, columns: slice | None = None) -> sp.csr_matrix:
+    """Jaccard distances of `rows` (to `columns`, default all) as CSR; pairs not stored are at 1.
+
+    Every pair that shares a member k contributes min(V_ik, V_jk): the triplets are listed from
+    the column index of V (``v_cols``, V in CSC form) and summed by the CSR conversion.
+    """
+    sub = v[rows].tocoo()
+    n_cols = v.shape[1]
+    counts = np.diff(v_cols.indptr)[sub.col]
+    total = int(counts.sum())
+    first = np.repeat(v_cols.indptr[sub.col] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    gather = first + np.arange(total)
+    j = v_cols.indices[gather]
+    vals = np.minimum(np.repeat(sub.data, counts), v_cols.data[gather])
+    i = np.repeat(sub.row, counts)
+    if columns is not None:
+        inside = (j >= columns.start) & (j < columns.stop)
+        i, j, vals = i[inside], j[inside] - columns.start, vals[inside]
+        n_cols = columns.stop - columns.start
+    m = sp.csr_matrix((vals, (i, j)), shape=(sub.shape[0], n_cols), dtype=np.float32)
+    m.sum_duplicates()
+    dist = 1.0 - m.data / (2.0 - m.data)
+    np.maximum(dist, 0.0, out=dist)
+    return sp.csr_matrix((dist.astype(np.float32), m.indices, m.indptr), shape=m.shape)
+
+
+def rerank_blocks(
+    query_feats: torch.Tensor,
+    gallery_feats: torch.Tensor,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    chunk_size: int = 256,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Re-ranked query x gallery distances, one block of queries at a time: (first query, [c, G]).
+
+    final = (1 - lambda) * Jaccard + lambda * d / max_j d(q, j), over the union of queries and gallery
+    (Zhong et al.). Memory: the sparse encoding plus one dense block of c x G.
+    """
+    if not 0.0 <= lambda_value <= 1.0:
+        raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}")
+    if k1 < 1 or k2 < 1 or k2 > k1 + 1:
+        raise ValueError(f"need k1 >= 1 and 1 <= k2 <= k1 + 1, got k1={k1}, k2={k2}")
+    q = query_feats.float()
+    g = gallery_feats.float()
+    n_q, n_g = q.shape[0], g.shape[0]
+    x = torch.cat([q, g])
+    neighbours = nearest_neighbours(x, k1 + 1)
+    row_max = neighbours.row_max.clamp(min=torch.finfo(torch.float32).tiny)
+    v = k_reciprocal_encoding(x, neighbours, k1, scale=1.0 / row_max)
+    v = query_expansion(v, neighbours, k2)
+    v_cols = v.tocsc()
+    v_cols.sort_indices()
+    g_sq = (g * g).sum(1)
+    for s in range(0, n_q, chunk_size):
+        e = min(s + chunk_size, n_q)
+        jac = jaccard_block(v, v_cols, slice(s, e), slice(n_q, n_q + n_g))
+        dense = torch.ones((e - s, n_g), dtype=torch.float32)
+        coo = jac.tocoo()
+        dense[torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))] = (
+            torch.from_numpy(coo.data)
+        )
+        orig = squared_euclidean(q[s:e], g, g_sq) / row_max[s:e, None]
+        yield s, (1.0 - lambda_value) * dense.to(q.device) + lambda_value * orig
+
+
+def evaluate_reranked(
+    query_feats: ArrayLike,
+    gallery_feats: ArrayLike,
+    query_pids: ArrayLike,
+    gallery_pids: ArrayLike,
+    query_cams: ArrayLike,
+    gallery_cams: ArrayLike,
+    topk: Sequence[int] = (1, 5, 10),
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    chunk_size: int = 256,
+) -> dict:
+    """``evaluate_features``'s metrics after k-reciprocal re-ranking, `chunk_size` queries at a time."""
+    q = check_features(query_feats, "query_feats")
+    g = check_features(gallery_feats, "gallery_feats", q.device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query_feats and gallery_feats differ in dimension: {q.shape[1]} vs {g.shape[1]}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    blocks = rerank_blocks(q, g, k1, k2, lambda_value, chunk_size)
+    return evaluate_distance_blocks(blocks, query_pids, gallery_pids, query_cams, gallery_cams, topk)

@@ -1,0 +1,193 @@
+"""Stage I and Stage II end to end on the smoke profile: finite metrics, presets, resume, guards."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmt_lib import mmt, pretrain
+from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
+from mmt_lib.config import VARIANTS, resolve
+
+TIMING = ("seconds_extract", "seconds_cluster", "seconds_train", "seconds_eval")
+
+
+def smoke_cfg(stage: str, data_root, variant: str = "mmt-kmeans", seed: int = 1, **mmt_overrides):
+    overrides = {"runtime": {"progress": False}}
+    if mmt_overrides:
+        overrides["mmt"] = mmt_overrides
+    return resolve(stage=stage, profile="smoke", task="duke2market", variant=variant, seed=seed,
+                   data_root=str(data_root), device="cpu", overrides=overrides)
+
+
+def without_timing(history):
+    return [{k: v for k, v in record.items() if k not in TIMING} for record in history]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory):
+    """The Stage I pair (seeds 1 and 2) on the tiny synthetic Duke -> Market task."""
+    root = tmp_path_factory.mktemp("smoke")
+    data_root = root / "data"
+    results = {}
+    for seed in (1, 2):
+        results[seed] = pretrain.pretrain(smoke_cfg("pretrain", data_root, seed=seed), root / f"pretrain{seed}")
+    return data_root, [root / "pretrain1" / "checkpoint.pt", root / "pretrain2" / "checkpoint.pt"], results
+
+
+def test_pretrain_gives_finite_metrics_and_a_checkpoint(stage1):
+    _, checkpoints, results = stage1
+    for metrics in results.values():
+        assert 0.0 <= metrics["mAP"] <= 1.0
+        assert 0.0 <= metrics["source"]["top1"] <= 1.0
+        assert len(metrics["history"]) == 2
+        assert all(torch.isfinite(torch.tensor(r["loss_ce"])) for r in metrics["history"])
+    state = load_checkpoint(checkpoints[0])
+    assert state["stage"] == "pretrain" and state["epoch"] == 1
+    # The two networks differ only by seed, so their weights differ.
+    other = load_checkpoint(checkpoints[1])
+    assert not torch.equal(state["model"]["classifier.weight"], other["model"]["classifier.weight"])
+
+
+def test_warmup_multistep_learning_rate():
+    p = resolve(stage="pretrain", profile="paper").pretrain
+    assert pretrain.learning_rate(p, 0) == pytest.approx(3.5e-4 * 0.01)
+    assert pretrain.learning_rate(p, 5) == pytest.approx(3.5e-4 * (0.01 * 0.5 + 0.5))
+    assert pretrain.learning_rate(p, 10) == pytest.approx(3.5e-4)
+    assert pretrain.learning_rate(p, 40) == pytest.approx(3.5e-5)
+    assert pretrain.learning_rate(p, 79) == pytest.approx(3.5e-6)
+
+
+def test_mmt_smoke_run_records_every_diagnostic(stage1, tmp_path):
+    data_root, checkpoints, _ = stage1
+    metrics = mmt.train_mmt(smoke_cfg("mmt", data_root), tmp_path / "mmt", tuple(checkpoints))
+    assert 0.0 <= metrics["mAP"] <= 1.0 and 0.0 <= metrics["top1"] <= 1.0
+    assert metrics["selection"].startswith("label-free")
+    assert "target labels" in metrics["oracle"]["note"]
+    assert metrics["oracle"]["mAP"] >= max(r["net1"]["mAP"] for r in metrics["history"])
+    first = metrics["history"][0]
+    assert set(first["pseudo_labels"]) >= {"num_clusters", "nmi", "ari", "pairwise_precision",
+                                           "pairwise_recall", "wrong_majority_fraction"}
+    assert first["pseudo_labels"]["num_clusters"] <= 8
+    assert {"loss_hard_ce", "loss_hard_triplet", "loss_soft_ce", "loss_soft_triplet"} <= set(first)
+    assert {"net1", "net2"} <= set(first) and set(TIMING) <= set(first)
+    assert len(list((tmp_path / "mmt" / "embeddings").glob("epoch*.npz"))) == 2
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "direct"])
+def test_each_variant_switches_exactly_its_terms(variant):
+    cfg = resolve(profile="smoke", variant=variant)
+    expected = {
+        "baseline": {"hard_ce", "hard_triplet"},
+        "mmt-only-soft": {"soft_ce", "soft_triplet"},
+        "mmt-no-hard-ce": {"hard_triplet", "soft_ce", "soft_triplet"},
+        "mmt-no-hard-triplet": {"hard_ce", "soft_ce", "soft_triplet"},
+        "mmt-no-soft-ce": {"hard_ce", "hard_triplet", "soft_triplet"},
+        "mmt-no-soft-triplet": {"hard_ce", "hard_triplet", "soft_ce"},
+    }.get(variant, {"hard_ce", "hard_triplet", "soft_ce", "soft_triplet"})
+    torch.manual_seed(0)
+    outputs = [(torch.randn(8, 4), torch.randn(8, 3)) for _ in range(2)]
+    peers = [(torch.randn(8, 4), torch.randn(8, 3)) for _ in range(2)]
+    labels = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1])
+    weights = cfg.mmt.term_weights()
+    targets = mmt.soft_targets(outputs, peers, cfg.mmt.soft_teacher) if cfg.mmt.soft_teacher != "none" else None
+    terms = mmt.mmt_loss_terms(outputs, targets, labels, weights, 0.1)
+    assert set(terms) == expected
+    assert {k for k, w in weights.items() if w > 0} == expected
+
+
+def test_soft_labels_come_from_the_intended_network():
+    own = [("f1", "z1"), ("f2", "z2")]
+    means = [("e1", "y1"), ("e2", "y2")]
+    as_tensors = lambda pairs: [(torch.tensor([float(i)]), torch.tensor([float(i) + 0.5])) for i, _ in enumerate(pairs)]
+    outputs, mean_outputs = as_tensors(own), [(t + 10, z + 10) for t, z in as_tensors(means)]
+    peer = mmt.soft_targets(outputs, mean_outputs, "peer-mean")
+    assert peer[0][0].item() == 11.0 and peer[1][0].item() == 10.0
+    own_mean = mmt.soft_targets(outputs, mean_outputs, "own-mean")
+    assert own_mean[0][0].item() == 10.0 and own_mean[1][0].item() == 11.0
+    current = mmt.soft_targets(outputs, mean_outputs, "peer-current")
+    assert current[0][0].item() == 1.0 and current[1][0].item() == 0.0
+
+
+def test_baseline_has_no_mean_nets(stage1):
+    data_root, checkpoints, _ = stage1
+    cfg = smoke_cfg("mmt", data_root, variant="baseline")
+    networks = mmt.build_networks(cfg, tuple(checkpoints), torch.device("cpu"))
+    assert networks.means == [] and networks.labelling_nets() == networks.students
+    full = mmt.build_networks(smoke_cfg("mmt", data_root), tuple(checkpoints), torch.device("cpu"))
+    assert len(full.means) == 2
+    assert not any(p.requires_grad for net in full.means for p in net.parameters())
+
+
+def test_resumed_run_ends_with_the_same_metrics(stage1, tmp_path, monkeypatch):
+    data_root, checkpoints, _ = stage1
+    cfg = smoke_cfg("mmt", data_root)
+    straight = mmt.train_mmt(cfg, tmp_path / "straight", tuple(checkpoints))
+
+    real_save = mmt.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt("killed after the first epoch")
+
+    monkeypatch.setattr(mmt, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        mmt.train_mmt(cfg, tmp_path / "resumed", tuple(checkpoints))
+    monkeypatch.setattr(mmt, "save_checkpoint", real_save)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 0
+    resumed = mmt.train_mmt(cfg, tmp_path / "resumed", tuple(checkpoints))
+    assert without_timing(resumed["history"]) == without_timing(straight["history"])
+    assert resumed["mAP"] == straight["mAP"]
+
+
+def test_resumed_pretrain_ends_with_the_same_metrics(stage1, tmp_path, monkeypatch):
+    data_root, _, results = stage1
+    cfg = smoke_cfg("pretrain", data_root, seed=1)
+    real_save = pretrain.save_checkpoint
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pretrain, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain.pretrain(cfg, tmp_path / "pre")
+    monkeypatch.setattr(pretrain, "save_checkpoint", real_save)
+    resumed = pretrain.pretrain(cfg, tmp_path / "pre")
+    assert without_timing(resumed["history"]) == without_timing(results[1]["history"])
+
+
+def test_checkpoint_of_another_configuration_is_refused(stage1, tmp_path):
+    data_root, checkpoints, _ = stage1
+    mmt.train_mmt(smoke_cfg("mmt", data_root), tmp_path / "run", tuple(checkpoints))
+    with pytest.raises(ValueError, match="different run"):
+        mmt.train_mmt(smoke_cfg("mmt", data_root, variant="baseline"), tmp_path / "run", tuple(checkpoints))
+
+
+def test_nan_loss_stops_the_run_naming_term_and_iteration(stage1, tmp_path, monkeypatch):
+    data_root, checkpoints, _ = stage1
+    monkeypatch.setattr(mmt, "softmax_triplet", lambda f, y: torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match=r"'hard_triplet'.*epoch 0, iteration 0"):
+        mmt.train_mmt(smoke_cfg("mmt", data_root), tmp_path / "nan", tuple(checkpoints))
+
+
+def test_direct_transfer_evaluates_the_stage1_network(stage1):
+    data_root, checkpoints, results = stage1
+    metrics = mmt.evaluate_direct(smoke_cfg("mmt", data_root, variant="direct"), checkpoints[0])
+    assert metrics["mAP"] == pytest.approx(results[1]["target"]["mAP"])
+    json.dumps(metrics)
+
+
+class Payload:
+    """An arbitrary Python object: loading it would mean unpickling code."""
+
+
+def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
+    torch.save({"epoch": 0, "obj": Payload()}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="weights_only"):
+        load_checkpoint(tmp_path / "evil.pt")
+    save_checkpoint(tmp_path / "ok.pt", {"epoch": 3, "w": torch.ones(2)})
+    assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
+    assert not list(tmp_path.glob(".*.tmp"))
