@@ -23,7 +23,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ from tqdm.auto import tqdm
 
 from mmt_lib import __version__
 from mmt_lib.checkpoints import METRICS_FILE, write_json_atomic
-from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS, PROFILES, TASKS
-from mmt_lib.paths import PROJECT_ROOT
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
+from mmt_lib.paths import PROJECT_ROOT, project_path
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RUN_RECORD = "run.json"
@@ -64,9 +64,8 @@ def plan(
     runs_dir: str | Path = "runs",
     seeds: list[int] | None = None,
     tasks: list[str] | None = None,
-    parameters: dict[str, Any] | None = None,
 ) -> list[Run]:
-    """The grid for ``profile`` in dependency order; ``parameters`` go to every notebook that declares them."""
+    """The grid for ``profile`` in dependency order."""
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
     seeds = seeds or [1]
@@ -74,30 +73,44 @@ def plan(
     unknown = sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
-    extra = dict(parameters or {})
     base = Path(runs_dir) / profile
     runs: list[Run] = []
 
     def add(notebook: str, task: str, variant: str, seed: int, params: dict, upstream=(), group=""):
         run_id = f"{task}/{variant}/seed{seed}"
-        full = {"profile": profile, "task": task, "seed": seed, "out_dir": str(base / run_id), **params, **extra}
-        runs.append(Run(notebook, task, variant, seed, {**full, "group": group}, tuple(upstream)))
+        full = {"profile": profile, "seed": seed, "out_dir": str(base / run_id), **params, "group": group}
+        runs.append(Run(notebook, task, variant, seed, full, tuple(upstream)))
         return run_id
 
-    add("00_data_tour", "data", "tour", 0, {}, group="data")
+    spec = PROFILES[profile]
+    add("00_data_tour", "data", "tour", 0,
+        {"datasets": list(DOMAIN_DATASETS[spec["data_kind"]].values()),
+         "synthetic_size": spec["data"].get("synthetic_size", "default")}, group="data")
     for task in tasks:
         for k in seeds:
             group = f"{task}/seed{k}"
-            pair = [add("01_pretrain", task, "pretrain", s, {}, group=group) for s in (2 * k - 1, 2 * k)]
+            pair = [add("01_pretrain", task, "pretrain", s, {"task": task}, group=group) for s in (2 * k - 1, 2 * k)]
             pair_dirs = [str(base / rid) for rid in pair]
             variants = MAIN_VARIANTS + (ABLATION_VARIANTS if task in ABLATION_TASKS else [])
-            done = {v: add("02_mmt", task, v, k, {"variant": v, "pretrained_dirs": pair_dirs}, pair, group)
+            done = {v: add("02_mmt", task, v, k, {"task": task, "variant": v, "pretrained_dirs": pair_dirs},
+                           pair, group)
                     for v in variants}
             compare = {"baseline": done["baseline"], "mmt-kmeans": done["mmt-kmeans"]}
             add("03_pseudo_label_noise", task, "noise", k,
-                {"run_dirs": {name: str(base / rid) for name, rid in compare.items()}},
+                {"task": task, "run_dirs": {name: str(base / rid) for name, rid in compare.items()}},
                 list(compare.values()), group)
     return runs
+
+
+def with_parameters(runs: list[Run], extra: dict[str, Any]) -> list[Run]:
+    """Give each ``--param`` to every notebook that declares it; a name no notebook declares is refused."""
+    declared = {nb: notebook_parameters(nb) for nb in {r.notebook for r in runs}}
+    unknown = sorted(set(extra) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(f"parameter(s) {unknown} are declared by no notebook of the plan; "
+                         f"declared: {sorted(set().union(*declared.values()))}")
+    return [replace(r, parameters={**r.parameters, **{k: v for k, v in extra.items() if k in declared[r.notebook]}})
+            for r in runs]
 
 
 def notebook_parameters(notebook: str) -> set[str]:
@@ -138,7 +151,7 @@ def run_hashes(runs: list[Run]) -> dict[str, str]:
 
 
 def is_done(run: Run, run_hash: str) -> bool:
-    path = Path(run.parameters["out_dir"]) / METRICS_FILE
+    path = project_path(run.parameters["out_dir"]) / METRICS_FILE
     if not path.exists():
         return False
     try:
@@ -185,7 +198,7 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
-    out_dir = Path(run.parameters["out_dir"])
+    out_dir = project_path(run.parameters["out_dir"])
     record = out_dir / RUN_RECORD
     previous = json.loads(record.read_text()).get("run_hash") if record.exists() else None
     if force or previous != run_hash:
@@ -275,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("plan", "run", "collect"):
         p = sub.add_parser(name)
         p.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
-        p.add_argument("--runs-dir", default=str(PROJECT_ROOT / "runs"))
+        p.add_argument("--runs-dir", default="runs", help="relative paths start at the project folder")
         if name != "collect":
             p.add_argument("--seeds", type=int, nargs="+", default=[1])
             p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS))
@@ -288,9 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "collect":
-        return _collect(args.profile, Path(args.runs_dir))
-    runs = select(plan(args.profile, args.runs_dir, args.seeds, args.tasks, _parse_params(args.param)),
-                  args.only, args.shard)
+        return _collect(args.profile, project_path(args.runs_dir))
+    runs = with_parameters(select(plan(args.profile, args.runs_dir, args.seeds, args.tasks), args.only, args.shard),
+                           _parse_params(args.param))
     check_parameters(runs)
     if args.command == "plan":
         hashes = run_hashes(runs)

@@ -47,12 +47,18 @@ def soft_cross_entropy(student_logits: torch.Tensor, teacher_logits: torch.Tenso
 
 
 def pairwise_distance(features: torch.Tensor) -> torch.Tensor:
-    """Euclidean distances between all rows, sqrt(clamp(d^2, 1e-12)) so the diagonal has no NaN grad."""
+    """Euclidean distances between all rows, sqrt(clamp(d^2, 1e-12)) so the diagonal has no NaN grad.
+
+    Computed in at least float32 with autocast off: ||a||^2 + ||b||^2 - 2ab cancels badly in bf16,
+    and the trainers call the losses inside their autocast region.
+    """
     if features.dim() != 2:
         raise ValueError(f"features must be (N, D), got shape {tuple(features.shape)}")
-    sq = features.pow(2).sum(dim=1, keepdim=True)
-    d2 = sq + sq.t() - 2.0 * features @ features.t()
-    return d2.clamp(min=1e-12).sqrt()
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        x = features.to(torch.promote_types(features.dtype, torch.float32))
+        sq = x.pow(2).sum(dim=1, keepdim=True)
+        d2 = sq + sq.t() - 2.0 * x @ x.t()
+        return d2.clamp(min=1e-12).sqrt()
 
 
 def hard_example_indices(dist: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +69,9 @@ def hard_example_indices(dist: torch.Tensor, targets: torch.Tensor) -> tuple[tor
     """
     n = dist.shape[0]
     if dist.shape != (n, n) or targets.shape != (n,):
-        raise ValueError(f"dist must be (N, N) and targets (N,), got {tuple(dist.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"dist must be (N, N) and targets (N,), got {tuple(dist.shape)} and {tuple(targets.shape)}"
+        )
     same = targets.unsqueeze(0) == targets.unsqueeze(1)
     if not bool((~same).any(dim=1).all()):
         raise ValueError("triplet mining needs at least two different labels in the batch")

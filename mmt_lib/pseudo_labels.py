@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
 from mmt_lib.evaluate import check_features
-from mmt_lib.rerank import jaccard_block, k_reciprocal_encoding, nearest_neighbours, query_expansion
-
-_JACCARD_ROWS = 1024
-
+from mmt_lib.rerank import (
+    jaccard_block,
+    jaccard_rows_per_block,
+    k_reciprocal_encoding,
+    nearest_neighbours,
+    query_expansion,
+)
 
 def average_features(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
     """Mean of the two mean nets' features, L2-normalised again (the mean of unit vectors is shorter)."""
@@ -46,16 +49,23 @@ def jaccard_distance(features: torch.Tensor | np.ndarray, k1: int = 20, k2: int 
     v = query_expansion(k_reciprocal_encoding(x, neighbours, k1), neighbours, k2)
     v_cols = v.tocsc()
     v_cols.sort_indices()
-    blocks = [jaccard_block(v, v_cols, slice(s, min(s + _JACCARD_ROWS, n))) for s in range(0, n, _JACCARD_ROWS)]
-    jac = sp.vstack(blocks, format="csr")
-    below = jac.data < 1.0
-    row_of = np.repeat(np.arange(n), np.diff(jac.indptr))
-    rows, cols, vals = row_of[below], jac.indices[below], jac.data[below]
-    vals = np.where(rows == cols, np.float32(0.0), vals)
-    missing = np.setdiff1d(np.arange(n), rows[rows == cols])
+    step = jaccard_rows_per_block(n)
+    jac = sp.vstack([jaccard_block(v, v_cols, slice(s, min(s + step, n))) for s in range(0, n, step)], format="csr")
+    return _zero_diagonal(jac)
+
+
+def _zero_diagonal(jac: sp.csr_matrix) -> sp.csr_matrix:
+    """Store the diagonal as explicit zeros (a point is its own neighbour for DBSCAN)."""
+    n = jac.shape[0]
+    rows = np.repeat(np.arange(n), np.diff(jac.indptr))
+    on_diag = rows == jac.indices
+    jac.data[on_diag] = 0.0
+    missing = np.setdiff1d(np.arange(n), rows[on_diag])
+    if len(missing) == 0:
+        return jac
     rows = np.concatenate([rows, missing])
-    cols = np.concatenate([cols, missing])
-    vals = np.concatenate([vals, np.zeros(len(missing), dtype=np.float32)])
+    cols = np.concatenate([jac.indices, missing])
+    vals = np.concatenate([jac.data, np.zeros(len(missing), dtype=jac.data.dtype)])
     order = np.lexsort((cols, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
     return sp.csr_matrix((vals[order], cols[order], indptr), shape=(n, n))

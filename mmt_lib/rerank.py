@@ -110,6 +110,8 @@ def k_reciprocal_encoding(
         raise ValueError(f"neighbours must hold at least k1 + 1 = {k1 + 1} columns, got {rank.shape[1]}")
     half = int(np.around(k1 / 2.0))
     sq = (x * x).sum(1)
+    known_d = neighbours.distances[:, : k1 + 1].cpu().numpy()
+    scale_np = None if scale is None else scale.double().cpu().numpy()
     out_rows, out_cols, out_vals = [], [], []
     for s in range(0, n, _ROW_CHUNK):
         rows = np.arange(s, min(s + _ROW_CHUNK, n))
@@ -130,18 +132,23 @@ def k_reciprocal_encoding(
         r_idx, slot = np.nonzero(keep)
         i_glob = rows[r_idx]
         j_glob = members[r_idx, slot]
-        d = torch.empty(len(i_glob), dtype=torch.float32)
-        for p in range(0, len(i_glob), _PAIR_CHUNK):
-            ii = torch.from_numpy(i_glob[p : p + _PAIR_CHUNK]).to(x.device)
-            jj = torch.from_numpy(j_glob[p : p + _PAIR_CHUNK]).to(x.device)
+        # Most members are among i's own neighbours, whose distances are known; compute the rest.
+        hit = forward[r_idx] == j_glob[:, None]
+        known = hit.any(axis=1)
+        d_np = known_d[i_glob, hit.argmax(axis=1)].astype(np.float64)
+        todo = np.flatnonzero(~known)
+        for p in range(0, len(todo), _PAIR_CHUNK):
+            part = todo[p : p + _PAIR_CHUNK]
+            ii = torch.from_numpy(i_glob[part]).to(x.device)
+            jj = torch.from_numpy(j_glob[part]).to(x.device)
             dots = (x[ii] * x[jj]).sum(1)
-            d[p : p + _PAIR_CHUNK] = (sq[ii] + sq[jj] - 2 * dots).clamp_(min=0).cpu()
+            d_np[part] = (sq[ii] + sq[jj] - 2 * dots).clamp_(min=0).cpu().numpy()
         if scale is not None:
-            d *= scale.cpu()[torch.from_numpy(i_glob)]
+            d_np *= scale_np[i_glob]
         # Softmax of -d within each row (rows are contiguous runs of r_idx).
-        d_np = d.numpy().astype(np.float64)
         counts = np.bincount(r_idx, minlength=len(rows))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        starts = (np.cumsum(counts) - counts)[counts > 0]
+        counts = counts[counts > 0]
         row_min = np.minimum.reduceat(d_np, starts)
         w = np.exp(-(d_np - np.repeat(row_min, counts)))
         w /= np.repeat(np.add.reduceat(w, starts), counts)
@@ -172,29 +179,38 @@ def query_expansion(v: sp.csr_matrix, neighbours: Neighbours, k2: int) -> sp.csr
 
 
 def jaccard_block(v: sp.csr_matrix, v_cols: sp.csc_matrix, rows: slice, columns: slice | None = None) -> sp.csr_matrix:
-    """Jaccard distances of `rows` (to `columns`, default all) as CSR; pairs not stored are at 1.
+    """Jaccard distances of `rows` (to `columns`, default all) as CSR, pairs at distance 1 left out.
 
-    Every pair that shares a member k contributes min(V_ik, V_jk): the triplets are listed from
-    the column index of V (``v_cols``, V in CSC form) and summed by the CSR conversion.
+    Every pair that shares a member k contributes min(V_ik, V_jk): the triplets come from the column
+    index of V (``v_cols``, V in CSC form) and are summed into a dense (rows x columns) accumulator,
+    which is why callers pass blocks of rows.
     """
     sub = v[rows].tocoo()
-    n_cols = v.shape[1]
+    lo, hi = (0, v.shape[1]) if columns is None else (columns.start, columns.stop)
     counts = np.diff(v_cols.indptr)[sub.col]
     total = int(counts.sum())
-    first = np.repeat(v_cols.indptr[sub.col] - np.concatenate([[0], np.cumsum(counts)[:-1]]), counts)
+    first = np.repeat(v_cols.indptr[sub.col] - (np.cumsum(counts) - counts), counts)
     gather = first + np.arange(total)
-    j = v_cols.indices[gather]
+    j = v_cols.indices[gather].astype(np.int64)
     vals = np.minimum(np.repeat(sub.data, counts), v_cols.data[gather])
-    i = np.repeat(sub.row, counts)
+    i = np.repeat(sub.row.astype(np.int64), counts)
     if columns is not None:
-        inside = (j >= columns.start) & (j < columns.stop)
-        i, j, vals = i[inside], j[inside] - columns.start, vals[inside]
-        n_cols = columns.stop - columns.start
-    m = sp.csr_matrix((vals, (i, j)), shape=(sub.shape[0], n_cols), dtype=np.float32)
-    m.sum_duplicates()
-    dist = 1.0 - m.data / (2.0 - m.data)
-    np.maximum(dist, 0.0, out=dist)
-    return sp.csr_matrix((dist.astype(np.float32), m.indices, m.indptr), shape=m.shape)
+        inside = (j >= lo) & (j < hi)
+        i, j, vals = i[inside], j[inside] - lo, vals[inside]
+    n_rows, n_cols = sub.shape[0], hi - lo
+    acc = np.bincount(i * n_cols + j, weights=vals, minlength=n_rows * n_cols)
+    flat = np.flatnonzero(acc)
+    m = acc[flat]
+    dist = np.maximum(1.0 - m / (2.0 - m), 0.0).astype(np.float32)
+    keep = dist < 1.0
+    flat, dist = flat[keep], dist[keep]
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(flat // n_cols, minlength=n_rows))])
+    return sp.csr_matrix((dist, flat % n_cols, indptr), shape=(n_rows, n_cols))
+
+
+def jaccard_rows_per_block(n_cols: int) -> int:
+    """Rows per ``jaccard_block`` call so that its dense accumulator stays near 8M entries (64 MB)."""
+    return max(1, (1 << 23) // n_cols)
 
 
 def rerank_blocks(
@@ -228,11 +244,11 @@ def rerank_blocks(
     for s in range(0, n_q, chunk_size):
         e = min(s + chunk_size, n_q)
         jac = jaccard_block(v, v_cols, slice(s, e), slice(n_q, n_q + n_g))
-        dense = torch.ones((e - s, n_g), dtype=torch.float32)
+        dense = np.ones(jac.shape, dtype=np.float32)
         coo = jac.tocoo()
-        dense[torch.from_numpy(coo.row.astype(np.int64)), torch.from_numpy(coo.col.astype(np.int64))] = (
-            torch.from_numpy(coo.data)
-        )
+        dense[coo.row, coo.col] = coo.data
+        dense = torch.from_numpy(dense)
+
         orig = squared_euclidean(q[s:e], g, g_sq) / row_max[s:e, None]
         yield s, (1.0 - lambda_value) * dense.to(q.device) + lambda_value * orig
 

@@ -48,6 +48,8 @@ def update_mean_teacher(teacher: nn.Module, student: nn.Module, step: int, max_a
         )
     for (name, t), (_, s) in zip(t_params, s_params):
         if t.shape != s.shape:
-            raise ValueError(f"parameter {name!r}: teacher shape {tuple(t.shape)} != student {tuple(s.shape)}")
+            raise ValueError(
+                f"parameter {name!r}: teacher shape {tuple(t.shape)} != student shape {tuple(s.shape)}"
+            )
         t.mul_(alpha).add_(s.detach(), alpha=1.0 - alpha)
     return alpha

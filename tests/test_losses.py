@@ -99,6 +99,14 @@ def test_pairwise_distance_is_euclidean_not_squared(feats: torch.Tensor) -> None
     assert torch.allclose(d, torch.cdist(feats, feats), atol=1e-6)
 
 
+def test_pairwise_distance_stays_float32_under_autocast() -> None:
+    features = torch.randn(8, 64, generator=_gen(11)) + 5.0
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        d = pairwise_distance(features)
+    assert d.dtype == torch.float32
+    assert torch.allclose(d, pairwise_distance(features), atol=1e-5)
+
+
 def test_mining_matches_brute_force(feats: torch.Tensor) -> None:
     pos, neg = hard_example_indices(pairwise_distance(feats), torch.tensor(LABELS))
     assert list(zip(pos.tolist(), neg.tolist())) == _mine(feats, LABELS)
@@ -121,8 +129,9 @@ def test_softmax_triplet_matches_softplus_loop(feats: torch.Tensor) -> None:
     expected = 0.0
     for i, (p, n) in enumerate(_mine(feats, LABELS)):
         d_ap, d_an = _dist(feats[i], feats[p]), _dist(feats[i], feats[n])
-        expected += math.log1p(math.exp(d_ap - d_an))
-        assert math.log1p(math.exp(d_ap - d_an)) == pytest.approx(-math.log(math.exp(d_an) / (math.exp(d_ap) + math.exp(d_an))))
+        softplus = math.log1p(math.exp(d_ap - d_an))
+        assert softplus == pytest.approx(-math.log(math.exp(d_an) / (math.exp(d_ap) + math.exp(d_an))))
+        expected += softplus
     expected /= len(LABELS)
     assert softmax_triplet(feats, torch.tensor(LABELS)).item() == pytest.approx(expected, rel=1e-7)
 

@@ -1,0 +1,273 @@
+"""Time and peak memory of evaluation, re-ranking, Jaccard + DBSCAN and k-means, ours against straightforward references.
+
+Each case runs in its own subprocess so that its peak RSS is its own; the table prints both the
+process peak (inputs included) and the step's growth over the inputs. Features are synthetic
+(identity centres + camera shift + low-rank and isotropic noise, L2-normalised, 2048-d) at the
+sizes of Market-1501 and MSMT17.
+
+    python benchmarks/bench_eval_cluster.py            # full run (several minutes, ~10 GB RAM at most)
+    python benchmarks/bench_eval_cluster.py --tiny     # smoke check, well under a minute
+
+References: evaluation = dense distance matrix, full argsort, per-query loop with scikit-learn's
+average_precision_score (as the MMT reference); Jaccard = the dense textbook algorithm with its
+per-row loops; k-means = scikit-learn KMeans with 10 restarts (the reference's setting).
+Skipped on purpose: the dense Jaccard at MSMT17 scale (about 27 GB) and the dense re-ranking
+(several N x N matrices); the MSMT17-scale reference evaluation (about 20 GB) runs on a tenth of the
+queries and its time and step memory are scaled by 10 (marked "est.").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmt_lib.evaluate import evaluate_features, squared_euclidean  # noqa: E402
+from mmt_lib.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402
+from mmt_lib.rerank import evaluate_reranked  # noqa: E402
+
+SCALES = {
+    # name: (train images, query, gallery, test identities, train identities)
+    "market": (12_936, 3_368, 15_913, 750, 751),
+    "msmt": (32_621, 11_659, 82_161, 3_060, 1_041),
+    "tiny": (1_500, 300, 1_500, 100, 100),
+}
+DIM = 2048
+TINY_DIM = 256
+
+
+def synthetic(n: int, n_ids: int, dim: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Clustered unit features with overlap: identity centre + camera shift + low-rank + isotropic noise."""
+    gen = torch.Generator().manual_seed(seed)
+    pids = torch.randint(n_ids, (n,), generator=gen)
+    cams = torch.randint(6, (n,), generator=gen)
+    centres = torch.randn(n_ids, dim, generator=gen)
+    cam_shift = 0.6 * torch.randn(6, dim, generator=gen)
+    basis = torch.randn(64, dim, generator=gen) * (1.5 / 64**0.5)
+    hard = 0.5 + torch.rand(n, 1, generator=gen)
+    x = centres[pids] + cam_shift[cams]
+    x += hard * (torch.randn(n, 64, generator=gen) @ basis)
+    x += 0.8 * torch.randn(n, dim, generator=gen)
+    return F.normalize(x, dim=1), pids.numpy(), cams.numpy()
+
+
+def split(scale: str, dim: int):
+    _, n_q, n_g, n_ids, _ = SCALES[scale]
+    feats, pids, cams = synthetic(n_q + n_g, n_ids, dim, seed=1)
+    return feats[:n_q], feats[n_q:], pids[:n_q], pids[n_q:], cams[:n_q], cams[n_q:]
+
+
+def reference_eval(qf, gf, qp, gp, qc, gc, topk=(1, 5, 10)) -> dict:
+    """The reference's algorithm: dense distances, full argsort, per-query loop."""
+    from sklearn.metrics import average_precision_score
+
+    dist = squared_euclidean(qf, gf).numpy()
+    indices = np.argsort(dist, axis=1)
+    matches = gp[indices] == qp[:, None]
+    aps, inps, firsts = [], [], []
+    for i in range(len(qp)):
+        valid = (gp[indices[i]] != qp[i]) | (gc[indices[i]] != qc[i])
+        y_true = matches[i, valid]
+        if not y_true.any():
+            continue
+        aps.append(average_precision_score(y_true, -dist[i][indices[i]][valid]))
+        hits = np.flatnonzero(y_true)
+        firsts.append(hits[0])
+        inps.append(len(hits) / (hits[-1] + 1))
+    firsts = np.array(firsts)
+    return {"mAP": float(np.mean(aps)), "mINP": float(np.mean(inps)),
+            "cmc": {k: float(np.mean(firsts < k)) for k in topk}, "num_valid_queries": len(aps)}
+
+
+def reference_jaccard(x: torch.Tensor, k1: int = 20, k2: int = 6) -> np.ndarray:
+    """The dense textbook algorithm, loop for loop (several N x N matrices)."""
+    x_np = x.numpy()
+    dist = squared_euclidean(x, x).numpy()
+    n = len(x_np)
+    initial_rank = np.argsort(dist, axis=1)
+    del dist
+
+    def reciprocal(i, k):
+        forward = initial_rank[i, : k + 1]
+        return forward[np.where(initial_rank[forward, : k + 1] == i)[0]]
+
+    v = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        r = reciprocal(i, k1)
+        expansion = r
+        for c in r:
+            h = reciprocal(c, int(np.around(k1 / 2.0)))
+            if len(np.intersect1d(h, r)) > 2.0 / 3 * len(h):
+                expansion = np.append(expansion, h)
+        expansion = np.unique(expansion)
+        d = ((x_np[expansion] - x_np[i]) ** 2).sum(1)
+        w = np.exp(-d)
+        v[i, expansion] = w / w.sum()
+    v_qe = np.zeros_like(v)
+    for i in range(n):
+        v_qe[i] = v[initial_rank[i, :k2]].mean(0)
+    v = v_qe
+    del v_qe, initial_rank
+    inv_index = [np.flatnonzero(v[:, i]) for i in range(n)]
+    jac = np.zeros((n, n), dtype=np.float32)
+    for i in range(n):
+        temp_min = np.zeros(n, dtype=np.float32)
+        nonzero = np.flatnonzero(v[i])
+        for k in nonzero:
+            rows = inv_index[k]
+            temp_min[rows] += np.minimum(v[i, k], v[rows, k])
+        jac[i] = 1 - temp_min / (2 - temp_min)
+    np.maximum(jac, 0, out=jac)
+    return jac
+
+
+def reference_eps(dense: np.ndarray, rho: float = 1.6e-3) -> float:
+    tri = np.triu(dense, 1)
+    tri = np.sort(tri[np.nonzero(tri)], axis=None)
+    return float(tri[: np.round(rho * tri.size).astype(int)].mean())
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
+    """One measurement, in this process: inputs first, then the timed step."""
+    dim = TINY_DIM if tiny else DIM
+    out: dict = {"step": step, "impl": impl, "scale": scale}
+    if step in ("eval", "rerank"):
+        qf, gf, qp, gp, qc, gc = split(scale, dim)
+        factor = 1
+        if impl == "reference" and scale == "msmt":
+            factor = 10
+            qf, qp, qc = qf[::factor], qp[::factor], qc[::factor]
+        base = rss_mb()
+        t = time.perf_counter()
+        if step == "rerank":
+            res = evaluate_reranked(qf, gf, qp, gp, qc, gc)
+        elif impl == "ours":
+            res = evaluate_features(qf, gf, qp, gp, qc, gc)
+        else:
+            res = reference_eval(qf.numpy(), gf.numpy(), qp, gp, qc, gc)
+        out["seconds"] = (time.perf_counter() - t) * factor
+        out["estimated"] = factor > 1
+        out["result"] = f"mAP {res['mAP']:.6f} top1 {res['cmc'][1]:.6f} mINP {res['mINP']:.6f}"
+    elif step == "jaccard":
+        n, _, _, _, n_ids = SCALES[scale]
+        x, _, _ = synthetic(n, n_ids, dim, seed=2)
+        base = rss_mb()
+        t = time.perf_counter()
+        if impl == "ours":
+            jac = jaccard_distance(x)
+            out["seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            eps = dbscan_eps(jac)
+            labels = dbscan(jac, eps)
+            checksum = float((1.0 - jac.data.astype(np.float64)).sum())
+        else:
+            dense = reference_jaccard(x)
+            out["seconds"] = time.perf_counter() - t
+            t = time.perf_counter()
+            from sklearn.cluster import DBSCAN
+
+            eps = reference_eps(dense)
+            labels = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(dense)
+            checksum = float((1.0 - dense.astype(np.float64)).sum())
+        out["dbscan_seconds"] = time.perf_counter() - t
+        n_clusters = int(labels.max()) + 1
+        out["result"] = (f"sum(1-J) {checksum:.2f} eps {eps:.6f} clusters {n_clusters} "
+                         f"outliers {int((labels == -1).sum())}")
+    elif step == "kmeans":
+        n, _, _, _, n_ids = SCALES[scale]
+        x, _, _ = synthetic(n, n_ids, dim, seed=3)
+        k = 50 if tiny else 500
+        base = rss_mb()
+        t = time.perf_counter()
+        if impl == "ours":
+            labels, centroids = kmeans(x, k, seed=0)
+            centroids = centroids.numpy()
+        else:
+            from sklearn.cluster import KMeans
+
+            km = KMeans(n_clusters=k, n_init=10, random_state=0).fit(x.numpy())
+            labels, centroids = km.labels_, km.cluster_centers_
+        out["seconds"] = time.perf_counter() - t
+        inertia = float(((x.numpy().astype(np.float64) - centroids[labels]) ** 2).sum())
+        out["result"] = f"inertia {inertia:.3f} (K={k})"
+    else:
+        raise ValueError(f"unknown step {step!r}")
+    out["peak_mb"] = rss_mb()
+    out["step_mb"] = (out["peak_mb"] - base) * (10 if out.get("estimated") else 1)
+    return out
+
+
+def plan(tiny: bool) -> list[tuple[str, str, str]]:
+    if tiny:
+        return [(s, i, "tiny") for s in ("eval", "jaccard", "kmeans") for i in ("ours", "reference")] + [
+            ("rerank", "ours", "tiny")]
+    return [
+        ("eval", "ours", "market"), ("eval", "reference", "market"),
+        ("eval", "ours", "msmt"), ("eval", "reference", "msmt"),
+        ("rerank", "ours", "market"),
+        ("jaccard", "ours", "market"), ("jaccard", "reference", "market"),
+        ("jaccard", "ours", "msmt"),
+        ("kmeans", "ours", "market"), ("kmeans", "reference", "market"),
+    ]
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| step | scale | ours: s | ours: peak RSS MB (step) | reference: s | reference: peak RSS MB (step) | speed-up | ours: result | reference: result |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    keyed = {(r["step"], r["scale"], r["impl"]): r for r in rows}
+    for step, scale in dict.fromkeys((r["step"], r["scale"]) for r in rows):
+        o, r = keyed.get((step, scale, "ours")), keyed.get((step, scale, "reference"))
+
+        def cells(x):
+            if x is None:
+                return "skipped", "skipped", ""
+            est = " (est.)" if x.get("estimated") else ""
+            extra = f" + DBSCAN {x['dbscan_seconds']:.2f}" if "dbscan_seconds" in x else ""
+            mem = f"{x['peak_mb']:.0f} ({x['step_mb']:.0f}){est}"
+            return f"{x['seconds']:.2f}{extra}{est}", mem, x["result"]
+
+        os_, om, ores = cells(o)
+        rs, rm, rres = cells(r)
+        speed = f"{r['seconds'] / o['seconds']:.1f}x" if o and r else ""
+        lines.append(f"| {step} | {scale} | {os_} | {om} | {rs} | {rm} | {speed} | {ores} | {rres} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--case", nargs=3, metavar=("STEP", "IMPL", "SCALE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(*args.case, tiny=args.tiny)))
+        return
+    rows = []
+    print(f"torch threads: {torch.get_num_threads()}", flush=True)
+    for case in plan(args.tiny):
+        cmd = [sys.executable, __file__, "--case", *case] + (["--tiny"] if args.tiny else [])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{case} failed:\n{proc.stderr[-2000:]}", flush=True)
+            continue
+        row = json.loads(proc.stdout.strip().splitlines()[-1])
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
