@@ -21,7 +21,7 @@ reproduce: setup
 	$(PY) -m mmt_lib.reproduce --profile $(PROFILE)
 
 test: setup
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --dist loadfile tests
 
 lab: setup
 	$(VENV)/bin/jupyter lab notebooks/

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -206,6 +207,7 @@ def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
         out["result"] = f"inertia {inertia:.3f} (K={k})"
     else:
         raise ValueError(f"unknown step {step!r}")
+    out["load_avg_1min"] = os.getloadavg()[0]  # other processes on the machine slow every timing
     out["peak_mb"] = rss_mb()
     out["step_mb"] = (out["peak_mb"] - base) * (10 if out.get("estimated") else 1)
     return out

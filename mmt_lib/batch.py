@@ -27,6 +27,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import papermill
+from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
 from mmt_lib import __version__
@@ -115,8 +117,6 @@ def with_parameters(runs: list[Run], extra: dict[str, Any]) -> list[Run]:
 
 def notebook_parameters(notebook: str) -> set[str]:
     """The names declared in a notebook's ``parameters`` cell."""
-    import papermill
-
     return set(papermill.inspect_notebook(str(NOTEBOOKS / f"{notebook}.ipynb")))
 
 
@@ -138,13 +138,23 @@ def code_hash(notebook: str) -> str:
     return hashlib.sha256(code.encode()).hexdigest()
 
 
+def library_fingerprint() -> str:
+    """The library's version and the hash of its source: any change to the code that trains is a new version."""
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted((PROJECT_ROOT / "mmt_lib").rglob("*.py")):
+        digest.update(path.relative_to(PROJECT_ROOT).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
 def run_hashes(runs: list[Run]) -> dict[str, str]:
     """Each run's hash, folding in its upstream runs' hashes so a change flows downstream."""
     hashes: dict[str, str] = {}
+    library = library_fingerprint()
     for run in runs:
         params = {k: v for k, v in run.parameters.items() if k != "group"}
         payload = json.dumps({"notebook": code_hash(run.notebook), "parameters": params,
-                              "version": __version__, "upstream": [hashes[u] for u in run.upstream]},
+                              "library": library, "upstream": [hashes[u] for u in run.upstream]},
                              sort_keys=True)
         hashes[run.run_id] = hashlib.sha256(payload.encode()).hexdigest()[:16]
     return hashes
@@ -195,9 +205,6 @@ def _parse_shard(shard: str) -> tuple[int, int]:
 
 def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None) -> dict[str, Any] | None:
     """Execute one run with papermill; returns a failure record or None. Runs in a worker process."""
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
     out_dir = project_path(run.parameters["out_dir"])
     record = out_dir / RUN_RECORD
     previous = json.loads(record.read_text()).get("run_hash") if record.exists() else None
@@ -326,8 +333,12 @@ def _collect(profile: str, runs_dir: Path) -> int:
     if not profile_dir.is_dir():
         raise SystemExit(f"no runs for profile {profile!r} under {profile_dir}: run `batch run` first")
     table = collect(profile_dir)
+    papermill.execute_notebook(str(NOTEBOOKS / "04_results.ipynb"), str(profile_dir / "04_results.ipynb"),
+                               parameters={"profile": profile, "runs_dir": str(runs_dir)},
+                               kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT))
     print((profile_dir / "results.md").read_text())
-    print(f"{len(table)} rows -> {profile_dir / 'results.csv'}, figures in {profile_dir / 'figures'}")
+    print(f"{len(table)} rows -> {profile_dir / 'results.csv'}; figures in {profile_dir / 'figures'}; "
+          f"tables and curves in {profile_dir / '04_results.ipynb'}")
     return 0
 
 

@@ -176,7 +176,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                  "test_batch_size": 64},
         "model": {"arch": "cpu_tiny"},
         "pretrain": {"epochs": 2, "iters": 3, "warmup_epochs": 1, "milestones": (1,), "eval_every": 1},
-        "mmt": {"epochs": 2, "iters": 3, "num_clusters": 8, "k1": 6, "k2": 3, "save_embeddings": True},
+        "mmt": {"epochs": 2, "iters": 3, "num_clusters": 8, "k1": 6, "k2": 3, "rho": 0.1, "min_samples": 2,
+                "save_embeddings": True},
         "data_kind": "synthetic",
     },
     "synthetic": {

@@ -91,7 +91,11 @@ def assign_pseudo_labels(
     dist = jaccard_distance(features, k1=m.k1, k2=m.k2)
     if eps is None:
         eps = dbscan_eps(dist, rho=m.rho)
-    return relabel(dbscan(dist, eps, min_samples=m.min_samples)), eps
+    labels = relabel(dbscan(dist, eps, min_samples=m.min_samples))
+    if labels.max() < 0:
+        raise ValueError(f"DBSCAN put all {len(labels)} target images in no cluster (eps={eps:.4f}, "
+                         f"min_samples={m.min_samples}): raise mmt.rho or lower mmt.min_samples")
+    return labels, eps
 
 
 def init_classifiers(networks: Networks, features: torch.Tensor, labels: np.ndarray, device: torch.device) -> int:

@@ -50,25 +50,37 @@ def jaccard_distance(features: torch.Tensor | np.ndarray, k1: int = 20, k2: int 
     v_cols = v.tocsc()
     v_cols.sort_indices()
     step = jaccard_rows_per_block(n)
-    jac = sp.vstack([jaccard_block(v, v_cols, slice(s, min(s + step, n))) for s in range(0, n, step)], format="csr")
-    return _zero_diagonal(jac)
+    data, indices, row_sizes = [], [], []
+    for s in range(0, n, step):
+        block = jaccard_block(v, v_cols, slice(s, min(s + step, n)))
+        block_data, block_indices, sizes = _zero_diagonal(block, s)
+        data.append(block_data)
+        indices.append(block_indices)
+        row_sizes.append(sizes)
+    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_sizes))])
+    return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), indptr), shape=(n, n))
 
 
-def _zero_diagonal(jac: sp.csr_matrix) -> sp.csr_matrix:
-    """Store the diagonal as explicit zeros (a point is its own neighbour for DBSCAN)."""
-    n = jac.shape[0]
-    rows = np.repeat(np.arange(n), np.diff(jac.indptr))
-    on_diag = rows == jac.indices
-    jac.data[on_diag] = 0.0
-    missing = np.setdiff1d(np.arange(n), rows[on_diag])
-    if len(missing) == 0:
-        return jac
+def _zero_diagonal(block: sp.csr_matrix, first_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(data, indices, row sizes) of a block of rows with its diagonal stored as explicit zeros.
+
+    The diagonal is normally stored already (a point shares its own members); a point left without
+    any k-reciprocal neighbour has an empty row and gets its diagonal inserted here.
+    """
+    n_rows = block.shape[0]
+    sizes = np.diff(block.indptr)
+    rows = np.repeat(np.arange(n_rows), sizes)
+    on_diag = rows + first_row == block.indices
+    data = block.data.copy()
+    data[on_diag] = 0.0
+    if on_diag.sum() == n_rows:
+        return data, block.indices, sizes
+    missing = np.setdiff1d(np.arange(n_rows), rows[on_diag])
     rows = np.concatenate([rows, missing])
-    cols = np.concatenate([jac.indices, missing])
-    vals = np.concatenate([jac.data, np.zeros(len(missing), dtype=jac.data.dtype)])
+    cols = np.concatenate([block.indices, missing + first_row])
+    data = np.concatenate([data, np.zeros(len(missing), dtype=data.dtype)])
     order = np.lexsort((cols, rows))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return sp.csr_matrix((vals[order], cols[order], indptr), shape=(n, n))
+    return data[order], cols[order].astype(block.indices.dtype), np.bincount(rows, minlength=n_rows)
 
 
 def _check_jaccard(jaccard: sp.csr_matrix) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from mmt_lib.analysis import flat_history
@@ -49,7 +50,7 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and standard deviation over seeds (percent), one row per task x variant."""
     columns = [*METRIC_COLUMNS, "oracle_mAP"]
     grouped = runs.groupby(["task", "variant"], sort=True)[columns]
-    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=0).add_suffix("_std"))
+    table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     table["seeds"] = grouped.size()
     ordered = [f"{c}_{s}" for c in METRIC_COLUMNS for s in ("mean", "std")] + ["oracle_mAP_mean", "seeds"]
     return table[ordered].reset_index()
@@ -93,10 +94,11 @@ def with_published(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A compact Markdown table: ``mean ± std`` cells, one decimal."""
+    """A compact Markdown table: ``mean ± std`` cells (sample std; a single seed shows the mean alone)."""
     shown = table[["task", "variant"]].copy()
     for col in METRIC_COLUMNS:
-        shown[col] = [f"{m:.1f} ± {s:.1f}" for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
+        shown[col] = [f"{m:.1f}" if np.isnan(s) else f"{m:.1f} ± {s:.1f}"
+                      for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     for extra in ("oracle_mAP_mean", "paper_mAP", "paper_top1", "seeds"):
         if extra in table:
             shown[extra] = table[extra]
@@ -113,7 +115,7 @@ def collect(profile_dir: str | Path) -> pd.DataFrame:
     md = profile_dir / "results.md"
     md_tmp = profile_dir / ".results.md.tmp"
     md_tmp.write_text(
-        f"# Results: {profile_dir.name}\n\nPercent, mean ± std over seeds. Label-free model selection "
+        f"# Results: {profile_dir.name}\n\nPercent, mean ± sample std over seeds. Label-free model selection "
         "(last epoch, network 1); `oracle_mAP_mean` picks the best epoch by target-test mAP and is "
         "not a valid unsupervised result. `paper_*`: MMT_SPEC's ResNet-50 numbers on the real datasets.\n\n"
         + to_markdown(table) + "\n"

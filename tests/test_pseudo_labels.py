@@ -86,6 +86,17 @@ def test_jaccard_matches_textbook(seed, k1, k2):
         assert stored.mean() < 0.35  # really sparse
 
 
+def test_a_point_without_neighbours_still_gets_its_explicit_zero_diagonal():
+    from mmt_lib.pseudo_labels import _zero_diagonal
+
+    # Rows 1..3 of a matrix: row 1 stores its diagonal, row 2 is empty, row 3 stores (3, 0) and (3, 3).
+    block = sp.csr_matrix((np.array([0.5, 0.1, 0.3], np.float32), [1, 0, 3], [0, 1, 1, 3]), shape=(3, 4))
+    data, indices, sizes = _zero_diagonal(block, first_row=1)
+    np.testing.assert_array_equal(sizes, [1, 1, 2])
+    np.testing.assert_array_equal(indices, [1, 2, 0, 3])
+    np.testing.assert_array_equal(data, np.array([0, 0, 0.1, 0], np.float32))
+
+
 def test_jaccard_rejects_bad_parameters():
     x = clustered(0, n=20)
     with pytest.raises(ValueError, match="k1"):

@@ -1,0 +1,129 @@
+"""The papermill batch driver end to end on the smoke profile, and the committed notebooks' form."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from mmt_lib import batch
+from mmt_lib.config import ABLATION_VARIANTS, MAIN_VARIANTS
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+SUBSET = ["data/tour/*", "duke2market/direct/*", "duke2market/noise/*"]
+
+
+def cli(tmp: Path, command: str, *extra: str) -> int:
+    args = [command, "--profile", "smoke", "--runs-dir", str(tmp / "runs")]
+    if command != "collect":
+        args += ["--only", *SUBSET, "--param", f"data_root={tmp / 'data'}", "device=cpu"]
+    return batch.main(args + list(extra))
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    """One smoke batch run: the data tour, Stage I pair, direct, baseline, MMT and the noise notebook."""
+    tmp = tmp_path_factory.mktemp("batch")
+    assert cli(tmp, "run", "--jobs", "2") == 0
+    return tmp
+
+
+def planned(tmp: Path) -> list[batch.Run]:
+    runs = batch.select(batch.plan("smoke", tmp / "runs"), SUBSET, None)
+    return batch.with_parameters(runs, {"data_root": str(tmp / "data"), "device": "cpu"})
+
+
+def test_grid_covers_every_task_and_variant():
+    runs = batch.plan("smoke", "runs", seeds=[1, 2])
+    mmt_runs = {(r.task, r.variant, r.seed) for r in runs if r.notebook == "02_mmt"}
+    for task in ("market2duke", "duke2market", "market2msmt", "duke2msmt"):
+        for seed in (1, 2):
+            assert {(task, v, seed) for v in MAIN_VARIANTS} <= mmt_runs
+    assert {("duke2market", v, 1) for v in ABLATION_VARIANTS} <= mmt_runs
+    assert not {("market2msmt", v, 1) for v in ABLATION_VARIANTS} & mmt_runs
+    pretrain_seeds = {r.seed for r in runs if r.notebook == "01_pretrain" and r.task == "duke2market"}
+    assert pretrain_seeds == {1, 2, 3, 4}
+    kmeans = next(r for r in runs if r.run_id == "duke2market/mmt-kmeans/seed2")
+    assert kmeans.upstream == ("duke2market/pretrain/seed3", "duke2market/pretrain/seed4")
+
+
+def test_run_then_collect_writes_results_and_executed_notebooks(grid):
+    profile_dir = grid / "runs" / "smoke"
+    for run_id in ("data/tour/seed0", "duke2market/pretrain/seed1", "duke2market/pretrain/seed2",
+                   "duke2market/direct/seed1", "duke2market/baseline/seed1", "duke2market/mmt-kmeans/seed1",
+                   "duke2market/noise/seed1"):
+        metrics = json.loads((profile_dir / run_id / "metrics.json").read_text())
+        assert metrics["run_hash"], run_id
+        executed = json.loads(next((profile_dir / run_id).glob("0*.ipynb")).read_text())
+        assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code"), run_id
+    assert cli(grid, "collect") == 0
+    table = pd.read_csv(profile_dir / "results.csv")
+    assert set(table["variant"]) == {"direct", "baseline", "mmt-kmeans"}
+    assert {"task", "variant", "mAP_mean", "mAP_std", "top1_mean", "top5_mean", "top10_mean"} <= set(table)
+    assert table["mAP_mean"].between(0, 100).all()
+    assert "| duke2market | mmt-kmeans" in (profile_dir / "results.md").read_text()
+    assert (profile_dir / "figures" / "results_mAP.png").stat().st_size > 0
+    assert (profile_dir / "04_results.ipynb").exists()
+
+
+def test_second_run_skips_everything(grid):
+    runs = planned(grid)
+    hashes = batch.run_hashes(runs)
+    assert all(batch.is_done(r, hashes[r.run_id]) for r in runs)
+    stamps = {p: p.stat().st_mtime_ns for p in (grid / "runs").rglob("metrics.json")}
+    assert cli(grid, "run") == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+
+def test_a_run_killed_midway_is_redone_from_its_checkpoint(grid):
+    run_dir = grid / "runs" / "smoke" / "duke2market" / "mmt-kmeans" / "seed1"
+    (run_dir / "metrics.json").unlink()
+    runs = planned(grid)
+    hashes = batch.run_hashes(runs)
+    todo = [r.run_id for r in runs if not batch.is_done(r, hashes[r.run_id])]
+    assert todo == ["duke2market/mmt-kmeans/seed1"]
+    assert cli(grid, "run") == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["run_hash"] == hashes["duke2market/mmt-kmeans/seed1"]
+
+
+def test_a_changed_parameter_changes_the_hash_downstream(tmp_path):
+    runs = batch.select(batch.plan("smoke", tmp_path), SUBSET, None)
+    base = batch.run_hashes(batch.with_parameters(runs, {"device": "cpu"}))
+    changed = batch.run_hashes(batch.with_parameters(runs, {"device": "cuda"}))
+    assert base["duke2market/pretrain/seed1"] != changed["duke2market/pretrain/seed1"]
+    assert base["duke2market/noise/seed1"] != changed["duke2market/noise/seed1"]
+    assert base["data/tour/seed0"] == changed["data/tour/seed0"]
+
+
+def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"\['lerning_rate'\] are declared by no notebook"):
+        batch.main(["run", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--param", "lerning_rate=1"])
+    assert not (tmp_path / "runs").exists()
+
+
+def test_shards_partition_the_grid_without_cutting_dependencies():
+    runs = batch.plan("smoke", "runs", seeds=[1, 2])
+    shards = [batch.select(runs, None, f"{i}/3") for i in range(3)]
+    ids = [r.run_id for shard in shards for r in shard]
+    assert sorted(ids) == sorted(r.run_id for r in runs)
+    for shard in shards:
+        inside = {r.run_id for r in shard}
+        assert all(u in inside for r in shard for u in r.upstream)
+    with pytest.raises(ValueError, match="i/n"):
+        batch.select(runs, None, "3")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_are_stripped_and_parameterised(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(not c["outputs"] and c["execution_count"] is None for c in code)
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1 and code.index(tagged[0]) == 0
+    assert nb["cells"][0]["cell_type"] == "markdown"
+    for statement in ast.parse("".join(tagged[0]["source"])).body:
+        assert isinstance(statement, ast.Assign)
+        ast.literal_eval(statement.value)

@@ -1,0 +1,198 @@
+"""The synthetic domains: deterministic, Market-layout, cached atomically, and different in style."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mmt_lib.data import synthetic
+from mmt_lib.data.registry import load_dataset
+from mmt_lib.data.synthetic import DOMAINS, SIZES, ensure_domain, identity_counts, render_identity_grid
+from mmt_lib.data.synthetic_render import OUT_H, OUT_W
+
+NAME = re.compile(r"(?P<pid>\d{4})_c(?P<cam>\d+)s1_(?P<frame>\d{6})_00\.jpg")
+SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+
+
+def parse(folder: Path) -> dict[str, list[tuple[int, int, Path]]]:
+    """(pid, cam, path) per split, asserting every file is named in the Market pattern."""
+    out: dict[str, list[tuple[int, int, Path]]] = {}
+    for split in SPLITS:
+        rows = []
+        for path in sorted((folder / split).iterdir()):
+            match = NAME.fullmatch(path.name)
+            assert match, f"unexpected file name {path}"
+            rows.append((int(match["pid"]), int(match["cam"]), path))
+        out[split] = rows
+    return out
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("synth")
+    return {name: ensure_domain(name, root, size="tiny", seed=0, progress=False) for name in DOMAINS}
+
+
+def test_unknown_domain_or_size_lists_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="synth-market.*synth-duke.*synth-msmt"):
+        ensure_domain("synth-cuhk", tmp_path, size="tiny")
+    with pytest.raises(ValueError, match="tiny.*default"):
+        ensure_domain("synth-market", tmp_path, size="huge")
+    with pytest.raises(ValueError, match="seed"):
+        ensure_domain("synth-market", tmp_path, size="tiny", seed=-1)
+    assert not any(tmp_path.iterdir())
+
+
+def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path, tiny):
+    again = ensure_domain("synth-market", tmp_path / "again", size="tiny", seed=0, progress=False)
+    assert again.name == "synth-market-tiny-seed0"
+    assert files(again) == files(tiny["synth-market"])
+    other = ensure_domain("synth-market", tmp_path / "other", size="tiny", seed=1, progress=False)
+    assert other.name == "synth-market-tiny-seed1"
+    first, second = files(tiny["synth-market"]), files(other)
+    shared = set(first) & set(second) - {synthetic.MARKER}
+    assert set(first) != set(second) or any(first[k] != second[k] for k in shared)
+
+
+@pytest.mark.parametrize("name, num_cams", [("synth-market", 6), ("synth-duke", 8), ("synth-msmt", 15)])
+def test_structure_matches_the_domain_and_size_spec(tiny, name, num_cams):
+    spec, size = DOMAINS[name], SIZES["tiny"]
+    assert spec.num_cams == num_cams
+    splits = parse(tiny[name])
+    train, query, gallery = (splits[s] for s in SPLITS)
+    cams = {cam for rows in splits.values() for _, cam, _ in rows}
+    assert cams == set(range(1, num_cams + 1))
+
+    train_ids = {pid for pid, _, _ in train}
+    test_ids = {pid for pid, _, _ in query + gallery} - {0}
+    assert (len(train_ids), len(test_ids)) == identity_counts(spec, size)
+    assert not train_ids & test_ids and 0 not in train_ids and 0 not in {pid for pid, _, _ in query}
+
+    per_train = defaultdict(int)
+    for pid, _, _ in train:
+        per_train[pid] += 1
+    lo, hi = size.train_images
+    assert all(lo <= n <= hi for n in per_train.values())
+    per_test = defaultdict(int)
+    for pid, _, _ in query + gallery:
+        per_test[pid] += pid != 0
+    lo, hi = size.test_images
+    assert all(lo <= per_test[pid] <= hi for pid in test_ids)
+
+    query_cams = defaultdict(list)
+    for pid, cam, _ in query:
+        query_cams[pid].append(cam)
+    assert set(query_cams) == test_ids
+    assert all(len(c) == len(set(c)) <= size.max_queries for c in query_cams.values())
+    gallery_cams = defaultdict(set)
+    for pid, cam, _ in gallery:
+        gallery_cams[pid].add(cam)
+    for pid, cam, _ in query:
+        assert gallery_cams[pid] - {cam}, f"query {pid} c{cam} has no gallery match in another camera"
+
+    distractors = sum(pid == 0 for pid, _, _ in gallery)
+    assert distractors == round(spec.distractor_fraction * (len(gallery) - distractors))
+    with Image.open(train[0][2]) as img:
+        assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (OUT_W, OUT_H))
+
+
+def test_market_has_distractors(tiny):
+    assert any(pid == 0 for pid, _, _ in parse(tiny["synth-market"])["bounding_box_test"])
+
+
+def test_second_call_reuses_the_cache_without_rewriting(tiny):
+    folder = tiny["synth-duke"]
+    before = {p: p.stat().st_mtime_ns for p in folder.rglob("*")}
+    assert ensure_domain("synth-duke", folder.parent, size="tiny", seed=0, progress=False) == folder
+    assert {p: p.stat().st_mtime_ns for p in folder.rglob("*")} == before
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted(f"{n}-tiny-seed0" for n in DOMAINS)
+
+
+def test_stale_marker_triggers_regeneration(tmp_path):
+    folder = ensure_domain("synth-market", tmp_path, size="tiny", seed=0, progress=False)
+    reference = files(folder)
+    marker = folder / synthetic.MARKER
+    marker.write_text(json.dumps({"hash": "from an older generator"}))
+    (folder / "query" / "0001_c1s1_999999_00.jpg").write_bytes(b"stale")
+    assert ensure_domain("synth-market", tmp_path, size="tiny", seed=0, progress=False) == folder
+    assert files(folder) == reference
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
+def test_interrupted_generation_leaves_nothing_behind(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real_render = synthetic._Renderer.render
+
+    def dies_midway(self, *args):
+        calls["n"] += 1
+        if calls["n"] > 20:
+            raise KeyboardInterrupt
+        return real_render(self, *args)
+
+    monkeypatch.setattr(synthetic._Renderer, "render", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_domain("synth-market", tmp_path, size="tiny", seed=0, progress=False)
+    assert calls["n"] == 21 and not any(tmp_path.iterdir())
+
+
+def test_temp_folders_of_dead_runs_are_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    leftover = tmp_path / f".synth-market-tiny-seed0.tmp-{int(dead.stdout)}-deadbeef"
+    (leftover / "query").mkdir(parents=True)
+    folder = ensure_domain("synth-market", tmp_path, size="tiny", seed=0, progress=False)
+    assert [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
+def _style_stats(paths: list[Path]) -> np.ndarray:
+    """Mean R, G, B, the red-blue balance and sharpness (mean absolute Laplacian) of some images."""
+    stats = []
+    for path in paths:
+        x = np.asarray(Image.open(path), np.float32) / 255
+        gray = x.mean(2)
+        lap = np.abs(4 * gray[1:-1, 1:-1] - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:])
+        stats.append([*x.mean((0, 1)), x[..., 0].mean() - x[..., 2].mean(), lap.mean()])
+    return np.mean(stats, 0)
+
+
+def test_domains_differ_in_style_more_than_cameras_within_a_domain(tiny):
+    per_domain, per_camera = {}, {}
+    for name in ("synth-market", "synth-duke"):
+        train = parse(tiny[name])["bounding_box_train"]
+        per_domain[name] = _style_stats([p for _, _, p in train])
+        by_cam = defaultdict(list)
+        for _, cam, path in train:
+            by_cam[cam].append(path)
+        per_camera[name] = [_style_stats(paths) for paths in by_cam.values() if len(paths) >= 5]
+    between = np.linalg.norm(per_domain["synth-market"] - per_domain["synth-duke"])
+    within = max(np.linalg.norm(a - b) for stats in per_camera.values() for a in stats for b in stats)
+    assert between > within
+    market, duke = per_domain["synth-market"], per_domain["synth-duke"]
+    assert market[3] > duke[3], "market is rendered warm, duke cool"
+    assert market[4] > duke[4], "duke is blurrier (lower resolution) than market"
+
+
+def test_identity_grid_rows_are_identities_and_columns_cameras():
+    grid = render_identity_grid("synth-duke", num_ids=3, cams=[1, 2, 5], seed=0, gap=2)
+    assert grid.dtype == np.uint8 and grid.shape == (3 * OUT_H + 4, 3 * OUT_W + 4, 3)
+    assert np.array_equal(grid, render_identity_grid("synth-duke", num_ids=3, cams=[1, 2, 5], seed=0, gap=2))
+    with pytest.raises(ValueError, match="1..8"):
+        render_identity_grid("synth-duke", cams=[9])
+
+
+def test_generated_domain_loads_through_the_market_parser(tiny):
+    dataset = load_dataset("synth-msmt", tiny["synth-msmt"].parent, size="tiny", seed=0, progress=False)
+    assert dataset.num_cams == 15
+    assert dataset.num_train_pids == identity_counts(DOMAINS["synth-msmt"], SIZES["tiny"])[0]
