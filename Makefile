@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PROFILE ?= synthetic
+JOBS ?= 2
 
 .PHONY: setup reproduce test lab clean
 
@@ -12,13 +13,14 @@ setup: $(STAMP)
 # Re-install only when the package definition changes: a second `make setup` is instant.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[notebooks,dev]'
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $(STAMP)
 
+# Every notebook for the four tasks and the Table 2 ablations, then the results tables and figures.
 reproduce: setup
-	$(PY) -m mmt_lib.reproduce --profile $(PROFILE)
+	$(PY) -m mmt_lib.batch run --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m mmt_lib.batch collect --profile $(PROFILE)
 
 test: setup
 	$(PY) -m pytest -n 2 --dist loadfile tests

@@ -114,10 +114,10 @@ def _rank_statistics(
     sorted_pos = torch.full((c, p_max), float("inf"), device=dist.device)
     sorted_pos[rows, slot] = pos_d
     # Wrong matches: bucket b = number of true matches strictly closer; it counts for true match j iff b <= j.
-    neg_d = dist.masked_fill(same_id, float("inf")).contiguous()
+    neg_d = dist.masked_fill(same_id, float("inf"))
     bucket = torch.searchsorted(sorted_pos, neg_d, side="left")
-    bucket += (torch.arange(c, device=dist.device) * (p_max + 1))[:, None]
-    hist = torch.bincount(bucket.view(-1), minlength=c * (p_max + 1)).view(c, p_max + 1)
+    hist = torch.zeros((c, p_max + 1), dtype=torch.long, device=dist.device)
+    hist.scatter_add_(1, bucket, torch.ones((1, 1), dtype=torch.long, device=dist.device).expand_as(bucket))
     neg_before = hist[:, :p_max].cumsum(1)  # wrong matches at distance <= each true match
     pos_before = torch.searchsorted(sorted_pos, sorted_pos, side="right")  # true matches at distance <= it
     in_row = torch.arange(p_max, device=dist.device)[None, :] < n_pos[:, None]
