@@ -95,8 +95,9 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     final = history[-1]
     metrics = {
         "stage": "pretrain", "task": cfg.task, "seed": cfg.seed, "config_hash": cfg.config_hash(),
-        "config": cfg.to_dict(), "source": final["source"], "target": final["target"],
-        "mAP": final["target"]["mAP"], "history": history,
+        "config": cfg.to_dict(), "selection": "last epoch, evaluated on the target (direct transfer)",
+        "source": final["source"], "target": final["target"],
+        **final["target"], "history": history,
     }
     return metrics
 

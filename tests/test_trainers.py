@@ -191,3 +191,18 @@ def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
     save_checkpoint(tmp_path / "ok.pt", {"epoch": 3, "w": torch.ones(2)})
     assert load_checkpoint(tmp_path / "ok.pt")["epoch"] == 3
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_command_line_trains_and_writes_metrics(stage1, tmp_path):
+    from mmt_lib import train
+
+    data_root, checkpoints, _ = stage1
+    common = ["--profile", "smoke", "--task", "duke2market", "--data-root", str(data_root), "--device", "cpu",
+              "--overrides", '{"runtime": {"progress": false}}']
+    pre_dirs = [str(c.parent) for c in checkpoints]
+    assert train.main(["mmt", *common, "--variant", "baseline", "--pretrained", *pre_dirs,
+                       "--out", str(tmp_path / "cli")]) == 0
+    metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert metrics["variant"] == "baseline" and 0.0 <= metrics["mAP"] <= 1.0
+    with pytest.raises(SystemExit):
+        train.main(["mmt", *common, "--out", str(tmp_path / "missing")])

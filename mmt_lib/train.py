@@ -1,0 +1,56 @@
+"""Command-line training for clusters and scripts; the notebooks call the same library functions.
+
+    python -m mmt_lib.train pretrain --profile paper --task duke2market --seed 1 --out runs/x/pre1
+    python -m mmt_lib.train mmt --profile paper --task duke2market --variant mmt-kmeans --seed 1 \\
+        --pretrained runs/x/pre1 runs/x/pre2 --out runs/x/mmt
+
+Each writes ``metrics.json`` (top-level ``mAP``, ``top1``, ...) into ``--out`` once it finishes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mmt_lib import config
+from mmt_lib.checkpoints import save_metrics
+from mmt_lib.mmt import run_variant
+from mmt_lib.pretrain import pretrain
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmt_lib.train", description=__doc__.split("\n")[0])
+    parser.add_argument("stage", choices=["pretrain", "mmt"])
+    parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
+    parser.add_argument("--task", default="duke2market")
+    parser.add_argument("--variant", default="mmt-kmeans", choices=list(config.VARIANTS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data", default=None, choices=sorted(config.DOMAIN_DATASETS))
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--source", default=None, help="dataset name, for a custom task (with --target)")
+    parser.add_argument("--target", default=None)
+    parser.add_argument("--imagenet-weights", default=None, help="local ImageNet weights file for the backbone")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--pretrained", nargs=2, metavar="DIR", help="the two Stage I run folders (mmt only)")
+    parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"mmt": {"epochs": 10}}\'')
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
+                         seed=args.seed, data=args.data, data_root=args.data_root, source=args.source,
+                         target=args.target, pretrained=args.imagenet_weights, device=args.device,
+                         overrides=json.loads(args.overrides))
+    if args.stage == "pretrain":
+        metrics = pretrain(cfg, args.out)
+    else:
+        if not args.pretrained:
+            parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
+        metrics = run_variant(cfg, args.out, args.pretrained)
+    path = save_metrics(args.out, metrics)
+    print(f"mAP {metrics['mAP']:.4f}  top1 {metrics['top1']:.4f}  -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
