@@ -22,6 +22,11 @@ test-time re-ranking here:
   given, which it first squares: feed it Euclidean distances to get these numbers);
 - query expansion replaces V_i by the mean of V over N(i, k2 - 1), i.e. the k2 first columns;
 - Jaccard(i, j) = 1 - m / (2 - m), m = sum_k min(V_ik, V_jk) (rows of V sum to 1), clipped at 0.
+
+The result depends on the order of neighbours at exactly equal distance, in the textbook too: one
+tie at rank k1 + 1 ordered the other way (an unstable argsort against this top-k) moved 14k of 9M
+Jaccard entries by up to 0.007 on synthetic data with N = 3000. The tests compare against a
+stable argsort.
 """
 
 from __future__ import annotations

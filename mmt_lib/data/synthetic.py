@@ -16,14 +16,14 @@ What differs between the domains (every knob lives in `DOMAINS` below):
 | cameras                    | 6                     | 8                        | 15                              |
 | identities (real: train/test) | 751 / 750          | 702 / 1110               | 1041 / 3060                     |
 | cameras per identity       | 2-6                   | 2-4                      | 2-5                             |
-| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 70% neutral (black, navy, grey), long coats, backpacks | mixed; hues shifted the other way |
-| white balance              | warm (+0.35)          | cool (-0.4)              | neutral, strong per-camera casts |
-| illumination gain          | 0.95-1.25             | 0.65-1.0                 | 0.5-1.35                        |
-| scenery                    | street (walls, windows, pavement) | campus (foliage, brick, snow or grass) | street, campus and indoor corridors |
+| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 55% neutral (black, navy, grey), long coats, backpacks | mixed; hues shifted the other way |
+| white balance              | warm (+0.35)          | cool (-0.25)             | neutral, strong per-camera casts |
+| illumination gain          | 0.95-1.25             | 0.7-1.05                 | 0.55-1.3                        |
+| scenery (cameras)          | 2/3 street (walls, windows, pavement), 1/3 campus | 2/3 campus (foliage, brick, snow or grass), 1/3 street | street, campus and indoor corridors |
 | texture / sensor noise     | 0.15 / 0.015          | 0.3 / 0.03               | 0.25 / 0.04                     |
-| blur radius / resolution loss | 0.3 px / none      | 0.6 px / 1.4x            | 0.5 px / 1.8x                   |
+| blur radius / resolution loss | 0.3 px / none      | 0.5 px / 1.25x           | 0.5 px / 1.5x                   |
 | JPEG quality               | 92                    | 80                       | 75                              |
-| occlusion (mean chance)    | 8%                    | 25%                      | 18%                             |
+| occlusion (mean chance)    | 8%                    | 20%                      | 18%                             |
 | gallery distractors (pid 0)| 10% of the gallery    | none                     | none                            |
 
 Identity counts are the real datasets' scaled by the size's `id_scale` (`SIZES`). Test identities
@@ -100,18 +100,18 @@ DOMAINS: dict[str, DomainSpec] = {
         style=DomainStyle(
             dark_clothing=0.35, hue_shift=0.0, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
             backpack=0.3, temperature=0.35, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.08,
-            backgrounds=("street",), texture=0.15, noise=0.015, blur=0.3, downsample=1.0, jpeg_quality=92,
-            occlusion=0.08, scale=(0.85, 0.97),
+            backgrounds=("street", "street", "campus"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
+            jpeg_quality=92, occlusion=0.08, scale=(0.85, 0.97),
         ),
     ),
     "synth-duke": DomainSpec(
         name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(2, 4),
         distractor_fraction=0.0,
         style=DomainStyle(
-            dark_clothing=0.7, hue_shift=0.04, saturation=0.75, lightness=-0.1, coat=0.45, summer=0.05,
-            backpack=0.45, temperature=-0.4, brightness=(0.65, 1.0), contrast=0.9, camera_cast=0.12,
-            backgrounds=("campus",), texture=0.3, noise=0.03, blur=0.6, downsample=1.4, jpeg_quality=80,
-            occlusion=0.25, scale=(0.8, 0.95),
+            dark_clothing=0.55, hue_shift=0.04, saturation=0.75, lightness=-0.1, coat=0.45, summer=0.05,
+            backpack=0.45, temperature=-0.25, brightness=(0.7, 1.05), contrast=0.9, camera_cast=0.1,
+            backgrounds=("campus", "campus", "street"), texture=0.3, noise=0.03, blur=0.5, downsample=1.25,
+            jpeg_quality=80, occlusion=0.2, scale=(0.8, 0.95),
         ),
     ),
     "synth-msmt": DomainSpec(
@@ -119,9 +119,9 @@ DOMAINS: dict[str, DomainSpec] = {
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.55, hue_shift=-0.03, saturation=0.9, lightness=0.0, coat=0.3, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.5, 1.35), contrast=1.0, camera_cast=0.22,
+            backpack=0.35, temperature=0.0, brightness=(0.55, 1.3), contrast=1.0, camera_cast=0.16,
             backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.25, noise=0.04,
-            blur=0.5, downsample=1.8, jpeg_quality=75, occlusion=0.18, scale=(0.75, 0.97),
+            blur=0.5, downsample=1.5, jpeg_quality=75, occlusion=0.18, scale=(0.75, 0.97),
         ),
     ),
 }
@@ -134,7 +134,7 @@ SIZES: dict[str, SizeSpec] = {
 }
 """`tiny` for tests (about a second), `small` for quick looks, `default` for CPU experiments."""
 
-_PURPOSES = {"identity": 0, "plan": 1, "cameras": 2, "image": 3, "distractor": 4, "grid": 5}
+_PURPOSES = {"identity": 0, "plan": 1, "cameras": 2, "image": 3, "distractor": 4, "grid": 5, "distractor_plan": 6}
 
 
 @dataclass(frozen=True)
@@ -196,7 +196,7 @@ def plan_domain(spec: DomainSpec, size: SizeSpec, seed: int) -> list[_Job]:
                 jobs.append(_Job(split, pid, cam, len(jobs) + 1, ("identity", pid)))
     num_gallery = sum(job.split == "gallery" for job in jobs)
     for j in range(round(spec.distractor_fraction * num_gallery)):
-        rng = _rng(seed, spec.name, "distractor", j)
+        rng = _rng(seed, spec.name, "distractor_plan", j)
         key = ("distractor", j) if rng.random() < 0.7 else None
         jobs.append(_Job("gallery", 0, int(rng.integers(spec.num_cams)) + 1, len(jobs) + 1, key))
     return jobs
@@ -265,7 +265,7 @@ def _remove_dead_temps(root: Path, folder_name: str) -> None:
             os.kill(int(path.name.split("-")[-2]), 0)
         except ProcessLookupError:
             shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, PermissionError):
+        except (ValueError, OverflowError, PermissionError):
             continue
 
 
@@ -279,6 +279,7 @@ def ensure_domain(name: str, root: str | Path, size: str = "default", seed: int 
     spec, _ = _lookup(name, size)
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"synthetic seed must be a non-negative integer, got {seed!r}")
+    seed = int(seed)
     root = Path(os.path.abspath(os.path.expanduser(str(root))))
     if root.exists() and not root.is_dir():
         raise ValueError(f"synthetic data root {root} exists but is not a folder")
@@ -292,7 +293,7 @@ def ensure_domain(name: str, root: str | Path, size: str = "default", seed: int 
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     temp = root / f".{folder_name}.tmp-{token}"
     try:
-        _write_domain(temp, name, size, int(seed), progress)
+        _write_domain(temp, name, size, seed, progress)
         if folder.exists() and not _is_complete(folder, expected):
             stale = root / f".{folder_name}.old-{token}"
             os.rename(folder, stale)

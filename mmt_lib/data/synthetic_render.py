@@ -46,8 +46,6 @@ _HUES = (0.0, 0.07, 0.14, 0.33, 0.48, 0.60, 0.75, 0.90)
 _SKINS: tuple[RGB, ...] = ((0.95, 0.80, 0.68), (0.87, 0.68, 0.52), (0.72, 0.52, 0.37), (0.50, 0.34, 0.23))
 _HAIRS: tuple[RGB, ...] = ((0.05, 0.04, 0.04), (0.22, 0.14, 0.08), (0.45, 0.32, 0.18), (0.75, 0.62, 0.40))
 UPPER_PATTERNS = ("plain", "stripes", "checks", "jacket", "logo")
-LOWER_KINDS = ("trousers", "shorts", "skirt")
-BAGS = ("none", "backpack", "shoulder", "handbag")
 
 
 @dataclass(frozen=True)
