@@ -42,10 +42,10 @@ SCALES = {
     # name: (train images, query, gallery, test identities, train identities)
     "market": (12_936, 3_368, 15_913, 750, 751),
     "msmt": (32_621, 11_659, 82_161, 3_060, 1_041),
-    "tiny": (1_500, 300, 1_500, 100, 100),
+    "tiny": (1_000, 200, 1_000, 80, 80),
 }
 DIM = 2048
-TINY_DIM = 256
+TINY_DIM = 128
 
 
 def synthetic(n: int, n_ids: int, dim: int, seed: int) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
@@ -196,6 +196,7 @@ def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
         if impl == "ours":
             jac = jaccard_distance(x)
             out["seconds"] = time.perf_counter() - t
+            out["jaccard_peak_mb"] = rss_mb()
             t = time.perf_counter()
             eps = dbscan_eps(jac)
             labels = dbscan(jac, eps)
@@ -203,6 +204,7 @@ def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
         else:
             dense = reference_jaccard(x)
             out["seconds"] = time.perf_counter() - t
+            out["jaccard_peak_mb"] = rss_mb()
             t = time.perf_counter()
             from sklearn.cluster import DBSCAN
 

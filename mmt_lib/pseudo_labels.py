@@ -102,9 +102,19 @@ def dbscan_eps(jaccard: sp.csr_matrix, rho: float = 1.6e-3) -> float:
     if not 0.0 < rho <= 1.0:
         raise ValueError(f"rho must be in (0, 1], got {rho}")
     n = jaccard.shape[0]
-    upper = sp.triu(jaccard, k=1, format="coo")
-    zeros_stored = int(np.count_nonzero(upper.data == 0))
-    nonzero = upper.data[upper.data != 0].astype(np.float64)
+    # Pass over blocks of rows keeping only the candidates for the smallest values: the count taken
+    # is at most round(rho * n (n - 1) / 2) whatever the number of stored zeros.
+    top_max = int(np.round(rho * (n * (n - 1) // 2)))
+    zeros_stored, smallest = 0, []
+    step = max(1, (1 << 24) // max(1, jaccard.nnz // n))  # rows per pass: about 16M stored entries
+    for s in range(0, n, step):
+        block = jaccard[s : s + step]
+        rows = np.repeat(np.arange(s, s + block.shape[0]), np.diff(block.indptr))
+        vals = block.data[block.indices > rows]
+        zeros_stored += int(np.count_nonzero(vals == 0))
+        vals = vals[vals != 0]
+        smallest.append(np.partition(vals, top_max - 1)[:top_max] if 0 < top_max < len(vals) else vals)
+    nonzero = np.concatenate(smallest).astype(np.float64)
     population = n * (n - 1) // 2 - zeros_stored
     top = int(np.round(rho * population))
     if top == 0:
