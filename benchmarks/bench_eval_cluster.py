@@ -32,11 +32,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from mmt_lib.evaluate import evaluate_features, squared_euclidean  # noqa: E402
 from mmt_lib.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402
 from mmt_lib.rerank import evaluate_reranked  # noqa: E402
+from reference import k_reciprocal_weights, query_expansion  # noqa: E402
 
 SCALES = {
     # name: (train images, query, gallery, test identities, train identities)
@@ -92,34 +94,13 @@ def reference_eval(qf, gf, qp, gp, qc, gc, topk=(1, 5, 10)) -> dict:
 
 
 def reference_jaccard(x: torch.Tensor, k1: int = 20, k2: int = 6) -> np.ndarray:
-    """The dense textbook algorithm, loop for loop (several N x N matrices)."""
+    """The dense textbook algorithm with the reference's inverted index for the last step (several N x N matrices)."""
     x_np = x.numpy()
-    dist = squared_euclidean(x, x).numpy()
-    n = len(x_np)
-    initial_rank = np.argsort(dist, axis=1)
-    del dist
-
-    def reciprocal(i, k):
-        forward = initial_rank[i, : k + 1]
-        return forward[np.where(initial_rank[forward, : k + 1] == i)[0]]
-
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        r = reciprocal(i, k1)
-        expansion = r
-        for c in r:
-            h = reciprocal(c, int(np.around(k1 / 2.0)))
-            if len(np.intersect1d(h, r)) > 2.0 / 3 * len(h):
-                expansion = np.append(expansion, h)
-        expansion = np.unique(expansion)
-        d = ((x_np[expansion] - x_np[i]) ** 2).sum(1)
-        w = np.exp(-d)
-        v[i, expansion] = w / w.sum()
-    v_qe = np.zeros_like(v)
-    for i in range(n):
-        v_qe[i] = v[initial_rank[i, :k2]].mean(0)
-    v = v_qe
-    del v_qe, initial_rank
+    initial_rank = np.argsort(squared_euclidean(x, x).numpy(), axis=1)
+    v = k_reciprocal_weights(initial_rank, lambda i, idx: ((x_np[idx] - x_np[i]) ** 2).sum(1), k1)
+    v = query_expansion(v, initial_rank, k2)
+    del initial_rank
+    n = len(v)
     inv_index = [np.flatnonzero(v[:, i]) for i in range(n)]
     jac = np.zeros((n, n), dtype=np.float32)
     for i in range(n):

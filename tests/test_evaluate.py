@@ -10,6 +10,7 @@ from sklearn.metrics import average_precision_score
 
 from mmt_lib.evaluate import evaluate_distance_blocks, evaluate_features, extract_features, squared_euclidean
 from mmt_lib.rerank import evaluate_reranked, rerank_blocks
+from reference import textbook_rerank
 
 
 def reference_metrics(dist: np.ndarray, qp, gp, qc, gc, topk=(1, 5, 10)) -> dict:
@@ -129,43 +130,11 @@ def test_gpu_inputs_give_the_cpu_result():
     assert_same(gpu, cpu, tol=1e-6)
 
 
-def textbook_rerank(qf: np.ndarray, gf: np.ndarray, k1=20, k2=6, lambda_value=0.3) -> np.ndarray:
-    """Zhong et al.'s dense re-ranking, fed squared Euclidean distances (their code squares its input)."""
-    x = np.concatenate([qf, gf]).astype(np.float32)
-    original = squared_euclidean(x, x).numpy()
-    original = np.transpose(original / np.max(original, axis=0))
-    n, n_q = len(x), len(qf)
-    initial_rank = np.argsort(original, axis=1, kind="stable")
-
-    def reciprocal(i, k):
-        forward = initial_rank[i, : k + 1]
-        return forward[np.where(initial_rank[forward, : k + 1] == i)[0]]
-
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        r = reciprocal(i, k1)
-        expansion = r
-        for c in r:
-            h = reciprocal(c, int(np.around(k1 / 2.0)))
-            if len(np.intersect1d(h, r)) > 2.0 / 3 * len(h):
-                expansion = np.append(expansion, h)
-        expansion = np.unique(expansion)
-        w = np.exp(-original[i, expansion])
-        v[i, expansion] = w / w.sum()
-    if k2 != 1:
-        v = np.stack([v[initial_rank[i, :k2]].mean(0) for i in range(n)])
-    jac = np.zeros((n_q, n), dtype=np.float32)
-    for i in range(n_q):
-        m = np.minimum(v[i], v).sum(1)
-        jac[i] = 1 - m / (2 - m)
-    final = np.maximum(jac, 0) * (1 - lambda_value) + original[:n_q] * lambda_value
-    return final[:, n_q:]
-
-
 @pytest.mark.parametrize("k1,k2", [(20, 6), (7, 1), (5, 3)])
 def test_rerank_matches_textbook(k1, k2):
     qf, gf, qp, gp, qc, gc = random_split(6, n_q=25, n_g=150)
-    ref = textbook_rerank(qf.numpy(), gf.numpy(), k1, k2)
+    x = torch.cat([qf, gf])
+    ref = textbook_rerank(squared_euclidean(x, x).numpy(), len(qf), k1, k2)
     ours = torch.cat([d for _, d in rerank_blocks(qf, gf, k1, k2, 0.3, chunk_size=8)]).numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-5)
     expected = reference_metrics(ours, qp, gp, qc, gc)

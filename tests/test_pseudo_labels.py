@@ -21,6 +21,7 @@ from mmt_lib.pseudo_labels import (
     kmeans,
     relabel,
 )
+from reference import textbook_jaccard
 
 
 def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: float = 0.8) -> torch.Tensor:
@@ -28,36 +29,6 @@ def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: fl
     centres = rng.normal(size=(n_ids, dim))
     ids = rng.integers(0, n_ids, n)
     return F.normalize(torch.from_numpy(centres[ids] + noise * rng.normal(size=(n, dim))).float(), dim=1)
-
-
-def textbook_jaccard(x: np.ndarray, k1: int = 20, k2: int = 6) -> np.ndarray:
-    """The dense algorithm: k-reciprocal sets, expansion, exp(-d) weights, query expansion, Jaccard."""
-    dist = squared_euclidean(x, x).numpy()
-    n = len(x)
-    initial_rank = np.argsort(dist, axis=1, kind="stable")
-
-    def reciprocal(i, k):
-        forward = initial_rank[i, : k + 1]
-        return forward[np.where(initial_rank[forward, : k + 1] == i)[0]]
-
-    v = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        r = reciprocal(i, k1)
-        expansion = r
-        for c in r:
-            h = reciprocal(c, int(np.around(k1 / 2.0)))
-            if len(np.intersect1d(h, r)) > 2.0 / 3 * len(h):
-                expansion = np.append(expansion, h)
-        expansion = np.unique(expansion)
-        w = np.exp(-dist[i, expansion])
-        v[i, expansion] = w / w.sum()
-    if k2 != 1:
-        v = np.stack([v[initial_rank[i, :k2]].mean(0) for i in range(n)])
-    jac = np.zeros((n, n), dtype=np.float32)
-    for i in range(n):
-        m = np.minimum(v[i], v).sum(1)
-        jac[i] = 1 - m / (2 - m)
-    return np.maximum(jac, 0)
 
 
 def textbook_eps(dense: np.ndarray, rho: float) -> float:
@@ -69,7 +40,7 @@ def textbook_eps(dense: np.ndarray, rho: float) -> float:
 @pytest.mark.parametrize("seed,k1,k2", [(0, 20, 6), (1, 10, 1), (2, 7, 4)])
 def test_jaccard_matches_textbook(seed, k1, k2):
     x = clustered(seed)
-    ref = textbook_jaccard(x.numpy(), k1, k2)
+    ref = textbook_jaccard(squared_euclidean(x, x).numpy(), k1, k2)
     jac = jaccard_distance(x, k1=k1, k2=k2)
     assert isinstance(jac, sp.csr_matrix) and jac.shape == ref.shape
     dense = np.ones_like(ref)
