@@ -101,8 +101,8 @@ def to_markdown(table: pd.DataFrame) -> str:
                       for m, s in zip(table[f"{col}_mean"], table[f"{col}_std"])]
     for extra in ("oracle_mAP_mean", "paper_mAP", "paper_top1", "seeds"):
         if extra in table:
-            shown[extra] = table[extra]
-    return shown.to_markdown(index=False, floatfmt=".1f")
+            shown[extra] = table[extra].astype(object).where(table[extra].notna(), None)
+    return shown.to_markdown(index=False, floatfmt=".1f", missingval="")
 
 
 def collect(profile_dir: str | Path) -> pd.DataFrame:

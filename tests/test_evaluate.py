@@ -149,6 +149,16 @@ def test_distance_blocks_must_cover_every_query():
         evaluate_distance_blocks([(0, d[:10])], qp, gp, qc, gc)
 
 
+def test_any_distance_signs_and_ties_in_blocks_match_the_reference_loop():
+    """Re-ranked or user distances may be negative, -0.0 or tied: ordering must still be exact."""
+    _, _, qp, gp, qc, gc = random_split(3)
+    rng = np.random.default_rng(3)
+    d = rng.integers(-6, 7, size=(len(qp), len(gp))).astype(np.float32) / 4
+    d[d == 0] = -0.0
+    blocks = [(s, torch.from_numpy(d[s : s + 7])) for s in range(0, len(qp), 7)]
+    assert_same(evaluate_distance_blocks(blocks, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
 class _Embed(torch.nn.Module):
     def __init__(self):
         super().__init__()
