@@ -20,7 +20,8 @@ What is shared, and how:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -75,6 +76,16 @@ def is_main() -> bool:
 def barrier() -> None:
     if active():
         dist.barrier()
+
+
+@contextmanager
+def main_first() -> Iterator[None]:
+    """Rank 0 runs the block before the others, e.g. to generate files that they then only read."""
+    if not is_main():
+        barrier()
+    yield
+    if is_main():
+        barrier()
 
 
 def cleanup() -> None:

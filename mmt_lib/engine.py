@@ -99,9 +99,14 @@ def load_task_datasets(data: DataConfig) -> tuple[ReidDataset, ReidDataset]:
 
 
 def load_named_dataset(data: DataConfig, name: str) -> ReidDataset:
-    """One dataset under ``data.data_root``; synthetic names carry the profile's size and seed."""
+    """One dataset under ``data.data_root``; synthetic names carry the profile's size and seed.
+
+    Synthetic domains are generated on first use, by rank 0 alone under ``torchrun``.
+    """
     if name.startswith("synth-"):
-        return load_dataset(name, project_path(data.data_root), size=data.synthetic_size, seed=data.synthetic_seed)
+        with distributed.main_first():
+            return load_dataset(name, project_path(data.data_root), size=data.synthetic_size,
+                                seed=data.synthetic_seed)
     return load_dataset(name, project_path(data.data_root))
 
 

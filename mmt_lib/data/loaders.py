@@ -5,7 +5,8 @@ Determinism. A training loader for (seed, epoch) always yields the same batches:
 * the identity sampler's order is a pure function of (seed, epoch, pass), see ``IdentitySampler``;
   under ``torchrun`` every rank draws that same order and keeps its own slice of each batch;
 * with ``num_workers > 0`` augmentations run in worker processes that torch seeds from the
-  loader's generator, here seeded from (seed, epoch) and, for ranks other than 0, the rank;
+  loader's generator, here seeded from (seed, epoch); workers of ranks other than 0 then reseed
+  from that seed and their rank, so that ranks do not augment in lockstep;
 * with ``num_workers = 0`` augmentations draw from torch's global RNG in the main process: the
   trainer calls ``mmt_lib.seeding.seed_everything(seed, epoch)`` at the start of each epoch.
 
@@ -15,10 +16,13 @@ only at the same ``num_workers``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
@@ -117,7 +121,8 @@ def build_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(_worker_seed(seed, epoch, rank)),
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, _WORKER_STREAM)),
+        worker_init_fn=_rank_worker_init(rank),
     )
 
 
@@ -127,27 +132,34 @@ def build_shuffled_loader(
 ) -> DataLoader:
     """Random global batches of ``batch_size`` (no identity structure), this rank's slice of each.
 
-    One generator, seeded by ``seed``, draws the order and (on rank 0) the workers' seeds; other
-    ranks draw the same order and seed their workers apart, by rank. On CUDA, batches are pinned
-    and workers persist across the passes of a training epoch.
+    One generator, seeded by ``seed``, draws the order and the workers' seeds, identically on every
+    rank (workers of other ranks then reseed by rank). On CUDA, batches are pinned and workers
+    persist across the passes of a training epoch.
     """
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-    order = torch.Generator().manual_seed(seed)
-    workers = order if rank == 0 else torch.Generator().manual_seed(_worker_seed(seed, 0, rank))
+    generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
-        batch_sampler=ShardedBatchSampler(RandomSampler(dataset, generator=order), batch_size, rank, world_size),
+        batch_sampler=ShardedBatchSampler(RandomSampler(dataset, generator=generator), batch_size, rank, world_size),
         num_workers=num_workers,
         pin_memory=on_cuda,
         persistent_workers=num_workers > 0 and on_cuda,
-        generator=workers,
+        generator=generator,
+        worker_init_fn=_rank_worker_init(rank),
     )
 
 
-def _worker_seed(seed: int, epoch: int, rank: int) -> int:
-    """Rank 0 keeps the single-process stream; other ranks get their own augmentations."""
-    return derive_seed(seed, epoch, _WORKER_STREAM, *((rank,) if rank else ()))
+def _rank_worker_init(rank: int) -> Callable[[int], None] | None:
+    """Rank 0's workers keep torch's seeds (the single-process stream); other ranks' reseed by rank."""
+    return None if rank == 0 else partial(_reseed_worker, rank)
+
+
+def _reseed_worker(rank: int, worker_id: int) -> None:
+    seed = derive_seed(torch.initial_seed() % 2**63, _WORKER_STREAM, rank)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def build_test_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
