@@ -245,8 +245,7 @@ def train_mmt(
         tic = time.perf_counter()
         features = embed_target(networks.labelling_nets(), target, cfg, device)
         record["seconds_extract"], tic = time.perf_counter() - tic, time.perf_counter()
-        labels, eps = distributed.on_main(assign_pseudo_labels, features.to(device), m,
-                                          seed=cfg.seed * 1000 + epoch, eps=eps)
+        labels, eps = distributed.on_main(assign_pseudo_labels, features, m, seed=cfg.seed * 1000 + epoch, eps=eps)
         record["seconds_cluster"] = time.perf_counter() - tic
         record["dbscan_eps"] = eps
         record["pseudo_labels"] = pseudo_label_quality(labels, true_pids)

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
                          seed=args.seed, data=args.data, data_root=args.data_root, source=args.source,
                          target=args.target, arch=args.arch, pretrained=args.imagenet_weights, device=args.device,
                          overrides=json.loads(args.overrides))
+    if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
+        print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
+              "the paper starts from ImageNet", file=sys.stderr)
     if args.stage == "mmt" and not args.pretrained:
         parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
     try:
