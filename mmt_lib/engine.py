@@ -74,7 +74,9 @@ def prepare_model(
     return model
 
 
-def training_module(model: nn.Module, runtime: RuntimeConfig, device: torch.device, replicate: bool = True) -> nn.Module:
+def training_module(
+    model: nn.Module, runtime: RuntimeConfig, device: torch.device, replicate: bool = True
+) -> nn.Module:
     """What the training loop calls: DistributedDataParallel under torchrun (``replicate``), compiled if asked.
 
     Parameters stay shared with ``model``, which checkpoints, evaluation and the optimizer keep using.
