@@ -47,6 +47,10 @@ class DataConfig:
     num_instances: int = 4
     test_batch_size: int = 128
     num_workers: int = 0
+    bn_group_size: int | None = None
+    """Images each BatchNorm normalises over. ``None``: the whole global batch, as one process does,
+    whatever the device count. Under ``torchrun`` a smaller group is one process's share of the batch,
+    or SyncBatchNorm over a few processes (e.g. 16 with batch 64 on 4 GPUs matches the reference)."""
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,13 @@ class MMTConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
+    """How to run, not what to compute. ``None`` means: on for CUDA, off on the CPU (see ``engine``)."""
+
     device: str = "auto"
     bf16: bool | None = None
     channels_last: bool | None = None
+    fused_adam: bool | None = None
+    compile: bool = False
     progress: bool = True
 
 
@@ -298,6 +306,10 @@ def validate(cfg: RunConfig) -> None:
     if d.batch_size % d.num_instances:
         raise ValueError(
             f"data.batch_size ({d.batch_size}) must be a multiple of data.num_instances ({d.num_instances})"
+        )
+    if d.bn_group_size is not None and (d.bn_group_size < 1 or d.batch_size % d.bn_group_size):
+        raise ValueError(
+            f"data.bn_group_size ({d.bn_group_size}) must be a positive divisor of data.batch_size ({d.batch_size})"
         )
     for name in ("soft_ce_weight", "soft_tri_weight"):
         if not 0.0 <= getattr(m, name) <= 1.0:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
+
 import torch
 from torch import nn
 
+from mmt_lib import distributed
 from mmt_lib.config import DataConfig, RunConfig, RuntimeConfig
 from mmt_lib.data import ReidDataset, load_dataset
 from mmt_lib.data.loaders import ImageDataset, build_test_loader
@@ -25,6 +28,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def setup_device(runtime: RuntimeConfig) -> torch.device:
+    """This process's device; under ``torchrun`` also joins the process group (one device per rank)."""
+    return distributed.init(resolve_device(runtime.device))
+
+
+def show_progress(runtime: RuntimeConfig) -> bool:
+    """Progress bars on rank 0 only, so that several processes do not garble one terminal."""
+    return runtime.progress and distributed.is_main()
+
+
 def uses_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:
     """bf16 autocast is on by default on CUDA and off on CPU, where it does not help."""
     return device.type == "cuda" if runtime.bf16 is None else runtime.bf16
@@ -40,11 +53,46 @@ def autocast(runtime: RuntimeConfig, device: torch.device) -> contextlib.Abstrac
     return contextlib.nullcontext()
 
 
-def prepare_model(model: nn.Module, runtime: RuntimeConfig, device: torch.device) -> nn.Module:
+def uses_fused_adam(runtime: RuntimeConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if runtime.fused_adam is None else runtime.fused_adam
+
+
+def prepare_model(
+    model: nn.Module, runtime: RuntimeConfig, device: torch.device, data: DataConfig | None = None
+) -> nn.Module:
+    """The model on ``device`` in the runtime's memory format.
+
+    ``data`` is given for a model that will train: under ``torchrun`` its BatchNorm layers then
+    normalise over ``data.bn_group_size`` images (SyncBatchNorm when that spans several processes).
+    """
+    if data is not None:
+        ranks = distributed.bn_ranks(data.batch_size, data.num_instances, data.bn_group_size)
+        model = distributed.sync_batchnorm(model, ranks, device)
     model = model.to(device)
     if uses_channels_last(runtime, device):
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def training_module(
+    model: nn.Module, runtime: RuntimeConfig, device: torch.device, replicate: bool = True
+) -> nn.Module:
+    """What the training loop calls: DistributedDataParallel under torchrun (``replicate``), compiled if asked.
+
+    Parameters stay shared with ``model``, which checkpoints, evaluation and the optimizer keep using.
+    """
+    if replicate:
+        model = distributed.data_parallel(model, device)
+    return torch.compile(model) if runtime.compile else model
+
+
+def build_adam(
+    params: Iterable[torch.Tensor], lr: float, weight_decay: float, runtime: RuntimeConfig, device: torch.device
+) -> torch.optim.Adam:
+    """Adam; the fused kernel (one launch for every parameter) on CUDA unless ``runtime.fused_adam`` says no."""
+    if uses_fused_adam(runtime, device):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def load_task_datasets(data: DataConfig) -> tuple[ReidDataset, ReidDataset]:
@@ -53,9 +101,14 @@ def load_task_datasets(data: DataConfig) -> tuple[ReidDataset, ReidDataset]:
 
 
 def load_named_dataset(data: DataConfig, name: str) -> ReidDataset:
-    """One dataset under ``data.data_root``; synthetic names carry the profile's size and seed."""
+    """One dataset under ``data.data_root``; synthetic names carry the profile's size and seed.
+
+    Synthetic domains are generated on first use, by rank 0 alone under ``torchrun``.
+    """
     if name.startswith("synth-"):
-        return load_dataset(name, project_path(data.data_root), size=data.synthetic_size, seed=data.synthetic_seed)
+        with distributed.main_first():
+            return load_dataset(name, project_path(data.data_root), size=data.synthetic_size,
+                                seed=data.synthetic_seed)
     return load_dataset(name, project_path(data.data_root))
 
 
@@ -71,7 +124,7 @@ def evaluate_model(
     )
     feats, pids, cams = extract_features(
         model, loader, device=device, amp_dtype=torch.bfloat16 if uses_bf16(cfg.runtime, device) else None,
-        progress=cfg.runtime.progress, desc=desc,
+        progress=show_progress(cfg.runtime), desc=desc,
     )
     nq = len(dataset.query)
     result = evaluate_features(feats[:nq], feats[nq:], pids[:nq], pids[nq:], cams[:nq], cams[nq:])

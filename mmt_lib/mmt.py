@@ -11,12 +11,16 @@ Per epoch:
 
 The baseline and every Table 2 row are settings of this one trainer (``config.VARIANTS``): which
 loss terms are on, whose predictions give the soft labels, and whether mean teachers exist at all.
+
+Under ``torchrun`` (``mmt_lib.distributed``) the same steps run in every process: step 1 is split
+between processes, step 2 runs once and is shared, step 5 trains on each process's share of the
+batch, and only rank 0 evaluates and writes.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +30,16 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm, trange
 
+from mmt_lib import distributed
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import load_checkpoint, save_arrays_atomic, save_checkpoint
-from mmt_lib.config import MMTConfig, RunConfig
+from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig
 from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
 from mmt_lib.engine import (
-    autocast, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
-    uses_bf16,
+    autocast, build_adam, check_finite, evaluate_model, load_named_dataset, prepare_model, setup_device,
+    show_progress, training_module, uses_bf16,
 )
 from mmt_lib.evaluate import extract_features
 from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
@@ -57,6 +62,17 @@ class Networks:
 
     students: list[ReidNet]
     means: list[ReidNet]
+    runners: list[nn.Module] = field(default_factory=list)
+    """Students then means as the training loop calls them (DDP, compiled); empty: the nets themselves."""
+
+    def prepare_training(self, runtime: RuntimeConfig, device: torch.device) -> None:
+        """Wrap the nets for this epoch's training (again each epoch: the classifiers were replaced)."""
+        self.runners = [training_module(net, runtime, device, replicate=net in self.students) for net in self.all()]
+
+    def running(self) -> tuple[list[nn.Module], list[nn.Module]]:
+        """(students, means) as the training loop calls them."""
+        nets = self.runners or self.all()
+        return nets[:len(self.students)], nets[len(self.students):]
 
     def labelling_nets(self) -> list[ReidNet]:
         """Mean nets give pseudo labels and are evaluated; without them, the students do."""
@@ -70,13 +86,18 @@ class Networks:
 
 
 def embed_target(nets: list[ReidNet], target: ReidDataset, cfg: RunConfig, device: torch.device) -> torch.Tensor:
-    """Step 1: features of every target training image, averaged over ``nets`` and re-normalised."""
+    """Step 1: features of every target training image, averaged over ``nets`` and re-normalised.
+
+    Each process embeds its shard of the images; every process gets all the features.
+    """
+    n = len(target.train)
     loader = build_test_loader(
-        ImageDataset(target.train, build_test_transform(cfg.data.height, cfg.data.width)),
+        ImageDataset(target.train[distributed.shard(n)], build_test_transform(cfg.data.height, cfg.data.width)),
         batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
     )
     amp = torch.bfloat16 if uses_bf16(cfg.runtime, device) else None
-    feats = [extract_features(net, loader, device=device, amp_dtype=amp, progress=cfg.runtime.progress)[0]
+    feats = [distributed.gather_rows(
+                 extract_features(net, loader, device=device, amp_dtype=amp, progress=show_progress(cfg.runtime))[0], n)
              for net in nets]
     return average_features(*feats) if len(feats) == 2 else feats[0]
 
@@ -156,18 +177,19 @@ def train_epoch(
     m = cfg.mmt
     weights = m.term_weights()
     needs_soft = weights["soft_ce"] > 0 or weights["soft_triplet"] > 0
+    students, means = networks.running()
     for net in networks.all():
         net.train()
     totals: dict[str, float] = {}
     progress = tqdm(IterLoader(loader, m.iters), desc=f"MMT epoch {epoch}",
-                    disable=not cfg.runtime.progress, leave=False)
+                    disable=not show_progress(cfg.runtime), leave=False)
     for it, (view1, view2, labels, _, _) in enumerate(progress):
         views = [view1.to(device, non_blocking=True), view2.to(device, non_blocking=True)]
         labels = labels.to(device, non_blocking=True)
         with autocast(cfg.runtime, device):
-            outputs = [net(view) for net, view in zip(networks.students, views)]
+            outputs = [net(view) for net, view in zip(students, views)]
             with torch.no_grad():
-                mean_outputs = [net(view) for net, view in zip(networks.means, views)]
+                mean_outputs = [net(view) for net, view in zip(means, views)]
             targets = soft_targets(outputs, mean_outputs, m.soft_teacher) if needs_soft else None
             terms = mmt_loss_terms(outputs, targets, labels, weights, m.label_smoothing)
         check_finite(terms, it, epoch)
@@ -179,7 +201,7 @@ def train_epoch(
             update_mean_teacher(mean_net, student, step, max_alpha=m.ema_alpha)
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach())
-    return {f"loss_{name}": total / m.iters for name, total in totals.items()}
+    return {f"loss_{name}": total / m.iters for name, total in distributed.mean_over_ranks(totals).items()}
 
 
 # ---------------------------------------------------------------- the whole stage
@@ -189,7 +211,7 @@ def build_networks(cfg: RunConfig, pretrained: tuple[str | Path, str | Path], de
     """Two students from the two Stage I checkpoints; their mean nets start as exact copies."""
     if len(pretrained) != 2:
         raise ValueError(f"MMT needs two Stage I checkpoints (seeds 1 and 2), got {len(pretrained)}")
-    students = [prepare_model(load_pretrained_network(path, cfg.model.arch), cfg.runtime, device)
+    students = [prepare_model(load_pretrained_network(path, cfg.model.arch), cfg.runtime, device, cfg.data)
                 for path in pretrained]
     means = [create_mean_teacher(s) for s in students] if cfg.mmt.mean_teacher else []
     return Networks(students, means)
@@ -205,7 +227,7 @@ def train_mmt(
     """
     out_dir = project_path(out_dir)
     m = cfg.mmt
-    device = resolve_device(cfg.runtime.device)
+    device = setup_device(cfg.runtime)
     target = load_named_dataset(cfg.data, cfg.data.target)
     true_pids = np.array([pid for _, pid, _ in target.train])
     seed_everything(cfg.seed)
@@ -216,39 +238,39 @@ def train_mmt(
         start_epoch, eps, history = _restore(networks, out_dir / CHECKPOINT, cfg, device)
 
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=m.random_erasing)
-    for epoch in trange(start_epoch, m.epochs, desc="MMT epochs", disable=not cfg.runtime.progress,
+    for epoch in trange(start_epoch, m.epochs, desc="MMT epochs", disable=not show_progress(cfg.runtime),
                         initial=start_epoch, total=m.epochs):
-        seed_everything(cfg.seed, epoch)
+        seed_everything(cfg.seed, epoch, rank=distributed.rank())
         record: dict[str, Any] = {"epoch": epoch}
         tic = time.perf_counter()
         features = embed_target(networks.labelling_nets(), target, cfg, device)
         record["seconds_extract"], tic = time.perf_counter() - tic, time.perf_counter()
-        labels, eps = assign_pseudo_labels(features, m, seed=cfg.seed * 1000 + epoch, eps=eps)
+        labels, eps = distributed.on_main(assign_pseudo_labels, features, m, seed=cfg.seed * 1000 + epoch, eps=eps)
         record["seconds_cluster"] = time.perf_counter() - tic
         record["dbscan_eps"] = eps
         record["pseudo_labels"] = pseudo_label_quality(labels, true_pids)
-        if m.save_embeddings:
+        if m.save_embeddings and distributed.is_main():
             save_arrays_atomic(out_dir / EMBEDDINGS / f"epoch{epoch:03d}.npz", features=features.numpy(),
                                pseudo_labels=labels, true_pids=true_pids)
         num_classes = init_classifiers(networks, features, labels, device)
-        optimizer = torch.optim.Adam(
-            [p for net in networks.students for p in net.parameters() if p.requires_grad],
-            lr=m.lr, weight_decay=m.weight_decay,
-        )
+        networks.prepare_training(cfg.runtime, device)
+        optimizer = build_adam([p for net in networks.students for p in net.parameters() if p.requires_grad],
+                               m.lr, m.weight_decay, cfg.runtime, device)
         labelled = [(path, int(y), cam) for (path, _, cam), y in zip(target.train, labels) if y >= 0]
         loader = build_train_loader(
             TwoViewDataset(labelled, train_tf), labelled, batch_size=cfg.data.batch_size,
             num_instances=cfg.data.num_instances, num_workers=cfg.data.num_workers, seed=cfg.seed,
-            epoch=epoch, pin_memory=device.type == "cuda",
+            epoch=epoch, pin_memory=device.type == "cuda", rank=distributed.rank(),
+            world_size=distributed.world_size(),
         )
         tic = time.perf_counter()
         record.update(train_epoch(networks, optimizer, loader, cfg, device, epoch))
         record["seconds_train"], tic = time.perf_counter() - tic, time.perf_counter()
         for i, net in enumerate(networks.labelling_nets(), start=1):
-            record[f"net{i}"] = evaluate_model(net, target, cfg, device, desc=f"evaluate net {i}")
+            record[f"net{i}"] = distributed.on_main(evaluate_model, net, target, cfg, device, f"evaluate net {i}")
         record["seconds_eval"] = time.perf_counter() - tic
         history.append(record)
-        save_checkpoint(out_dir / CHECKPOINT, {
+        distributed.on_main(save_checkpoint, out_dir / CHECKPOINT, {
             "stage": "mmt", "epoch": epoch, "config_hash": cfg.config_hash(), "num_classes": num_classes,
             "eps": eps, "history": history,
             "students": [net.state_dict() for net in networks.students],
@@ -274,13 +296,13 @@ def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
 
 def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
     """Table 2, row 1: the Stage I network applied to the target as it is (no adaptation)."""
-    device = resolve_device(cfg.runtime.device)
+    device = setup_device(cfg.runtime)
     target = load_named_dataset(cfg.data, cfg.data.target)
     net = prepare_model(load_pretrained_network(pretrained, cfg.model.arch), cfg.runtime, device)
     return {
         "stage": "direct", "task": cfg.task, "variant": "direct", "seed": cfg.seed,
         "config_hash": cfg.config_hash(), "config": cfg.to_dict(), "selection": "Stage I network",
-        **evaluate_model(net, target, cfg, device, desc="evaluate direct transfer"),
+        **distributed.on_main(evaluate_model, net, target, cfg, device, "evaluate direct transfer"),
     }
 
 

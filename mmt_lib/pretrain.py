@@ -16,12 +16,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import trange
 
+from mmt_lib import distributed
 from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import PretrainConfig, RunConfig
-from mmt_lib.data.loaders import ImageDataset, IterLoader, build_train_loader
+from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
-    autocast, check_finite, evaluate_model, load_task_datasets, prepare_model, resolve_device,
+    autocast, build_adam, check_finite, evaluate_model, load_task_datasets, prepare_model, setup_device,
+    show_progress, training_module,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.paths import project_path
@@ -44,18 +46,19 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     """Train one source network, checkpointing every epoch; returns the run's metrics.
 
     A run stopped at any point resumes from its last finished epoch and ends with the same
-    metrics as an uninterrupted run, because every epoch reseeds from (seed, epoch).
+    metrics as an uninterrupted run, because every epoch reseeds from (seed, epoch). Under
+    ``torchrun`` each process trains on its share of every batch and rank 0 alone writes.
     """
     out_dir = project_path(out_dir)
     p = cfg.pretrain
-    device = resolve_device(cfg.runtime.device)
+    device = setup_device(cfg.runtime)
     source, target = load_task_datasets(cfg.data)
     seed_everything(cfg.seed)
     model = prepare_model(
         build_model(cfg.model.arch, source.num_train_pids, cfg.model.pretrained, cfg.model.dropout),
-        cfg.runtime, device,
+        cfg.runtime, device, cfg.data,
     )
-    optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    optimizer = build_adam(model.parameters(), p.lr, p.weight_decay, cfg.runtime, device)
     history: list[dict[str, Any]] = []
     start_epoch = 0
     if resume and (out_dir / CHECKPOINT).exists():
@@ -64,29 +67,31 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"] + 1
+    trained = training_module(model, cfg.runtime, device)
 
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
     source_set, target_set = ImageDataset(source.train, train_tf), ImageDataset(target.train, train_tf)
-    for epoch in trange(start_epoch, p.epochs, desc="Stage I epochs", disable=not cfg.runtime.progress,
+    for epoch in trange(start_epoch, p.epochs, desc="Stage I epochs", disable=not show_progress(cfg.runtime),
                         initial=start_epoch, total=p.epochs):
-        seed_everything(cfg.seed, epoch)
+        seed_everything(cfg.seed, epoch, rank=distributed.rank())
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(p, epoch)
         tic = time.perf_counter()
         source_loader = build_train_loader(
             source_set, source.train, batch_size=cfg.data.batch_size, num_instances=cfg.data.num_instances,
             num_workers=cfg.data.num_workers, seed=cfg.seed, epoch=epoch, pin_memory=device.type == "cuda",
+            rank=distributed.rank(), world_size=distributed.world_size(),
         )
-        target_loader = _shuffled_loader(target_set, cfg, epoch) if p.target_bn_forward else None
-        record = train_epoch(model, optimizer, source_loader, target_loader, cfg, device, epoch)
+        target_loader = _shuffled_loader(target_set, cfg, epoch, device) if p.target_bn_forward else None
+        record = train_epoch(trained, optimizer, source_loader, target_loader, cfg, device, epoch)
         record["seconds_train"] = time.perf_counter() - tic
         if (epoch + 1) % p.eval_every == 0 or epoch + 1 == p.epochs:
             tic = time.perf_counter()
-            record["source"] = evaluate_model(model, source, cfg, device, desc="evaluate source")
-            record["target"] = evaluate_model(model, target, cfg, device, desc="evaluate target")
+            record["source"] = distributed.on_main(evaluate_model, model, source, cfg, device, "evaluate source")
+            record["target"] = distributed.on_main(evaluate_model, model, target, cfg, device, "evaluate target")
             record["seconds_eval"] = time.perf_counter() - tic
         history.append(record)
-        save_checkpoint(out_dir / CHECKPOINT, {
+        distributed.on_main(save_checkpoint, out_dir / CHECKPOINT, {
             "stage": "pretrain", "epoch": epoch, "config_hash": cfg.config_hash(),
             "arch": cfg.model.arch, "num_classes": source.num_train_pids,
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
@@ -117,7 +122,10 @@ def train_epoch(
     device: torch.device,
     epoch: int,
 ) -> dict[str, float]:
-    """``iters`` steps of label-smoothed CE + hard softmax-triplet (weights 1:1) on source batches."""
+    """``iters`` steps of label-smoothed CE + hard softmax-triplet (weights 1:1) on source batches.
+
+    ``model`` is the network as trained (``engine.training_module``); logged losses are averaged over processes.
+    """
     model.train()
     totals = {"ce": 0.0, "triplet": 0.0}
     target_batches = iter(IterLoader(target_loader, cfg.pretrain.iters)) if target_loader is not None else None
@@ -139,7 +147,7 @@ def train_epoch(
         for name, value in terms.items():
             totals[name] += float(value.detach())
     return {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"],
-            **{f"loss_{k}": v / cfg.pretrain.iters for k, v in totals.items()}}
+            **{f"loss_{k}": v / cfg.pretrain.iters for k, v in distributed.mean_over_ranks(totals).items()}}
 
 
 def load_pretrained_network(path: str | Path, arch: str | None = None) -> ReidNet:
@@ -154,10 +162,11 @@ def load_pretrained_network(path: str | Path, arch: str | None = None) -> ReidNe
     return net
 
 
-def _shuffled_loader(dataset: ImageDataset, cfg: RunConfig, epoch: int) -> DataLoader:
-    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    return DataLoader(dataset, batch_size=cfg.data.batch_size, shuffle=True, drop_last=True,
-                      num_workers=cfg.data.num_workers, generator=generator)
+def _shuffled_loader(dataset: ImageDataset, cfg: RunConfig, epoch: int, device: torch.device) -> DataLoader:
+    return build_shuffled_loader(
+        dataset, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed * 100_003 + epoch,
+        on_cuda=device.type == "cuda", rank=distributed.rank(), world_size=distributed.world_size(),
+    )
 
 
 def _check_same_run(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:

@@ -24,13 +24,19 @@ def derive_seed(seed: int, *keys: int) -> int:
     return ((int(high) << 32) | int(low)) & ((1 << 63) - 1)
 
 
-def seed_everything(seed: int, epoch: int = 0) -> None:
+_RANK_STREAM = 2
+"""Seed key for the streams of ranks other than 0 under ``torchrun`` (1 is the loaders' worker stream)."""
+
+
+def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
     """Seed Python's ``random``, numpy's global RNG and torch (CPU and every GPU) from ``(seed, epoch)``.
 
     Trainers call this at the start of each epoch. With ``num_workers=0`` the data augmentations
     draw from torch's global RNG in the main process, so this call is what makes them repeatable.
+    Rank 0 of a multi-process run draws what a single process draws; other ranks augment their
+    own images with their own stream, ``(seed, epoch, rank)``.
     """
-    derived = derive_seed(seed, epoch)
+    derived = derive_seed(seed, epoch) if rank == 0 else derive_seed(seed, epoch, _RANK_STREAM, rank)
     random.seed(derived)
     np.random.seed(derived % 2**32)
     torch.manual_seed(derived)

@@ -5,6 +5,8 @@
         --pretrained runs/x/pre1 runs/x/pre2 --out runs/x/mmt
 
 Each writes ``metrics.json`` (top-level ``mAP``, ``top1``, ...) into ``--out`` once it finishes.
+One process per device: ``torchrun --nproc_per_node=N -m mmt_lib.train ...`` (several nodes: torchrun's
+``--nnodes``/``--rdzv_*`` arguments); rank 0 alone writes (see ``mmt_lib.distributed``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,10 @@ import argparse
 import json
 import sys
 
-from mmt_lib import config
+from mmt_lib import config, distributed
 from mmt_lib.checkpoints import save_metrics
 from mmt_lib.mmt import run_variant
+from mmt_lib.models import known_archs
 from mmt_lib.pretrain import pretrain
 
 
@@ -30,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--source", default=None, help="dataset name, for a custom task (with --target)")
     parser.add_argument("--target", default=None)
+    parser.add_argument("--arch", default=None, choices=known_archs(), help="backbone (default: the profile's)")
     parser.add_argument("--imagenet-weights", default=None, help="local ImageNet weights file for the backbone")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--pretrained", nargs=2, metavar="DIR", help="the two Stage I run folders (mmt only)")
@@ -39,16 +43,21 @@ def main(argv: list[str] | None = None) -> int:
 
     cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
                          seed=args.seed, data=args.data, data_root=args.data_root, source=args.source,
-                         target=args.target, pretrained=args.imagenet_weights, device=args.device,
+                         target=args.target, arch=args.arch, pretrained=args.imagenet_weights, device=args.device,
                          overrides=json.loads(args.overrides))
-    if args.stage == "pretrain":
-        metrics = pretrain(cfg, args.out)
-    else:
-        if not args.pretrained:
-            parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
-        metrics = run_variant(cfg, args.out, args.pretrained)
-    path = save_metrics(args.out, metrics)
-    print(f"mAP {metrics['mAP']:.4f}  top1 {metrics['top1']:.4f}  -> {path}")
+    if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
+        print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
+              "the paper starts from ImageNet", file=sys.stderr)
+    if args.stage == "mmt" and not args.pretrained:
+        parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
+    try:
+        metrics = pretrain(cfg, args.out) if args.stage == "pretrain" else run_variant(cfg, args.out, args.pretrained)
+        if distributed.is_main():
+            path = save_metrics(args.out, metrics)
+            print(f"mAP {metrics['mAP']:.4f}  top1 {metrics['top1']:.4f}  -> {path}")
+        distributed.barrier()
+    finally:
+        distributed.cleanup()
     return 0
 
 

@@ -3,8 +3,10 @@
 Determinism. A training loader for (seed, epoch) always yields the same batches:
 
 * the identity sampler's order is a pure function of (seed, epoch, pass), see ``IdentitySampler``;
+  under ``torchrun`` every rank draws that same order and keeps its own slice of each batch;
 * with ``num_workers > 0`` augmentations run in worker processes that torch seeds from the
-  loader's generator, here seeded from (seed, epoch);
+  loader's generator, here seeded from (seed, epoch); workers of ranks other than 0 then reseed
+  from that seed and their rank, so that ranks do not augment in lockstep;
 * with ``num_workers = 0`` augmentations draw from torch's global RNG in the main process: the
   trainer calls ``mmt_lib.seeding.seed_everything(seed, epoch)`` at the start of each epoch.
 
@@ -14,16 +16,19 @@ only at the same ``num_workers``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from mmt_lib.data.base import Sample
-from mmt_lib.data.sampler import IdentitySampler
+from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
 from mmt_lib.data.transforms import Transform
 from mmt_lib.seeding import derive_seed
 
@@ -79,11 +84,15 @@ def build_train_loader(
     seed: int,
     epoch: int,
     pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> DataLoader:
     """Batches of ``batch_size // num_instances`` identities x ``num_instances`` images for epoch ``epoch``.
 
     ``samples`` are the (pseudo-)labels the sampler groups by, aligned with ``dataset``; outliers
-    (pid -1) must already be filtered out. Incomplete last batches are dropped.
+    (pid -1) must already be filtered out. Incomplete last batches are dropped. With
+    ``world_size > 1`` this rank gets its ``batch_size // world_size`` images (whole identities)
+    of each global batch.
     """
     if len(dataset) != len(samples):
         raise ValueError(f"dataset has {len(dataset)} items but samples has {len(samples)}; they must be aligned")
@@ -100,27 +109,70 @@ def build_train_loader(
             f"samples hold {len(sampler.pids)} identities but a batch needs {per_batch} "
             f"(batch_size {batch_size} / num_instances {num_instances}); lower batch_size"
         )
+    if (batch_size // world_size) % num_instances or batch_size % world_size:
+        raise ValueError(
+            f"batch_size ({batch_size}) must split into whole identities of num_instances ({num_instances}) "
+            f"images over world_size ({world_size}) processes"
+        )
     sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        drop_last=True,
+        batch_sampler=ShardedBatchSampler(sampler, batch_size, rank, world_size),
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(derive_seed(seed, epoch, _WORKER_STREAM)),
+        worker_init_fn=_rank_worker_init(rank),
     )
 
 
+def build_shuffled_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, seed: int, on_cuda: bool = False,
+    rank: int = 0, world_size: int = 1,
+) -> DataLoader:
+    """Random global batches of ``batch_size`` (no identity structure), this rank's slice of each.
+
+    One generator, seeded by ``seed``, draws the order and the workers' seeds, identically on every
+    rank (workers of other ranks then reseed by rank). On CUDA, batches are pinned and workers
+    persist across the passes of a training epoch.
+    """
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_sampler=ShardedBatchSampler(RandomSampler(dataset, generator=generator), batch_size, rank, world_size),
+        num_workers=num_workers,
+        pin_memory=on_cuda,
+        persistent_workers=num_workers > 0 and on_cuda,
+        generator=generator,
+        worker_init_fn=_rank_worker_init(rank),
+    )
+
+
+def _rank_worker_init(rank: int) -> Callable[[int], None] | None:
+    """Rank 0's workers keep torch's seeds (the single-process stream); other ranks' reseed by rank."""
+    return None if rank == 0 else partial(_reseed_worker, rank)
+
+
+def _reseed_worker(rank: int, worker_id: int) -> None:
+    seed = derive_seed(torch.initial_seed() % 2**63, _WORKER_STREAM, rank)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 def build_test_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """Every item once, in order, last batch kept: for feature extraction."""
+    """Every item once, in order, last batch kept: for feature extraction.
+
+    Workers persist across passes (MMT embeds the same set with two networks per epoch).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                      num_workers=num_workers, pin_memory=pin_memory)
+                      num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0)
 
 
 class IterLoader:

@@ -94,3 +94,35 @@ class IdentitySampler(Sampler[int]):
             extra = rng.choice(pool, size=need - len(other_cam) - len(same_cam), replace=True)
             chosen = np.concatenate([other_cam, same_cam, extra])
         return [int(indices[a]), *(int(indices[c]) for c in chosen)]
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Rank ``rank``'s slice of each global batch of ``sampler``'s order, for one process per device.
+
+    Every rank runs the same seeded ``sampler`` (so all see the same global order), cuts it into
+    global batches of ``batch_size`` (an incomplete last batch is dropped) and keeps the
+    ``rank``-th of ``world_size`` equal, contiguous slices. With ``IdentitySampler`` and a slice
+    that is a multiple of its ``num_instances``, each rank gets whole identities; the slices are
+    disjoint and together are exactly the single-process batch.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int = 0, world_size: int = 1) -> None:
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if batch_size < 1 or batch_size % world_size:
+            raise ValueError(f"batch_size ({batch_size}) must be a positive multiple of world_size ({world_size})")
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.local = batch_size // world_size
+        self.rank = rank
+
+    def __len__(self) -> int:
+        return len(self.sampler) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batch: list[int] = []
+        for index in self.sampler:
+            batch.append(index)
+            if len(batch) == self.batch_size:
+                yield batch[self.rank * self.local:(self.rank + 1) * self.local]
+                batch = []

@@ -1,0 +1,156 @@
+"""Images per second of one Stage II iteration and of feature extraction: fp32 reference against our settings.
+
+The iteration is the library's own (``mmt_lib.mmt.train_epoch``: two students forward and backward,
+two mean nets forward, the four MMT loss terms, Adam, the mean-teacher updates), fed with one
+synthetic batch of random images that already lies on the device, so data loading is not measured.
+Extraction is ``mmt_lib.evaluate.extract_features`` in eval mode. Settings compared:
+
+* reference: fp32, contiguous (NCHW) memory, plain Adam;
+* ours: bf16 autocast, channels_last, fused Adam, and torch.compile of the trained nets with ``--compile``.
+
+    python benchmarks/train_throughput.py                # ResNet-50, 256x128, batch 64 (for a GPU)
+    python benchmarks/train_throughput.py --tiny         # small net, 64x32, a few iterations: CPU smoke check
+
+The projection is the paper's Stage II schedule: 40 epochs x 400 iterations, plus 40 extractions of
+the target training set by both mean nets (evaluation excluded), for a Market (12,936 images) and a
+DukeMTMC (16,522 images) target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmt_lib.config import RunConfig, resolve  # noqa: E402
+from mmt_lib.engine import build_adam, prepare_model, resolve_device, uses_bf16  # noqa: E402
+from mmt_lib.evaluate import extract_features  # noqa: E402
+from mmt_lib.mmt import Networks, train_epoch  # noqa: E402
+from mmt_lib.models import build_model  # noqa: E402
+from mmt_lib.teachers import create_mean_teacher  # noqa: E402
+
+EPOCHS, ITERS = 40, 400
+TARGETS = {"Market-1501": 12_936, "DukeMTMC-reID": 16_522}
+SETTINGS = {
+    "fp32 reference": {"bf16": False, "channels_last": False, "fused_adam": False, "compile": False},
+    "ours": {"bf16": True, "channels_last": True, "fused_adam": True, "compile": False},
+}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    """Wall seconds of ``fn`` with the device's queue drained before and after."""
+    synchronize(device)
+    tic = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - tic
+
+
+def make_cfg(args: argparse.Namespace, runtime: dict, iters: int) -> RunConfig:
+    return resolve(stage="mmt", profile="paper", arch=args.arch, device=args.device, overrides={
+        "data": {"height": args.height, "width": args.width, "batch_size": args.batch},
+        "mmt": {"iters": iters}, "runtime": {**runtime, "progress": False},
+    })
+
+
+def train_throughput(args: argparse.Namespace, runtime: dict, device: torch.device) -> float:
+    """Images per second of ``mmt.train_epoch`` (each image counted once, though it feeds four nets)."""
+    cfg = make_cfg(args, runtime, args.iters)
+    gen = torch.Generator().manual_seed(0)
+    students = [prepare_model(build_model(args.arch, args.classes), cfg.runtime, device) for _ in range(2)]
+    centroids = torch.nn.functional.normalize(torch.randn(args.classes, students[0].feature_dim, generator=gen), dim=1)
+    for net in students:
+        net.reset_classifier(centroids.to(device))
+    networks = Networks(students, [create_mean_teacher(s) for s in students])
+    networks.prepare_training(cfg.runtime, device)
+    optimizer = build_adam([p for s in students for p in s.parameters() if p.requires_grad],
+                           cfg.mmt.lr, cfg.mmt.weight_decay, cfg.runtime, device)
+    shape = (args.batch, 3, args.height, args.width)
+    labels = torch.arange(args.batch // 4).repeat_interleave(4) % args.classes
+    batch = (torch.randn(shape, generator=gen).to(device), torch.randn(shape, generator=gen).to(device),
+             labels.to(device), None, None)
+    warm = make_cfg(args, runtime, args.warmup)
+    timed(lambda: train_epoch(networks, optimizer, [batch], warm, device, epoch=0), device)
+    seconds = timed(lambda: train_epoch(networks, optimizer, [batch], cfg, device, epoch=1), device)
+    return args.batch * args.iters / seconds
+
+
+def extract_throughput(args: argparse.Namespace, runtime: dict, device: torch.device) -> float:
+    """Images per second of ``extract_features`` (eval mode, one network) at ``--test-batch``."""
+    cfg = make_cfg(args, runtime, 1)
+    net = prepare_model(build_model(args.arch, 0), cfg.runtime, device)
+    images = torch.randn((args.test_batch, 3, args.height, args.width), generator=torch.Generator().manual_seed(1))
+    zeros = torch.zeros(args.test_batch, dtype=torch.long)
+    batch = (images.to(device), zeros, zeros, zeros)
+    amp = torch.bfloat16 if uses_bf16(cfg.runtime, device) else None
+
+    def run(batches: int) -> None:
+        extract_features(net, [batch] * batches, device=device, amp_dtype=amp, progress=False)
+
+    timed(lambda: run(args.warmup), device)
+    return args.test_batch * args.extract_batches / timed(lambda: run(args.extract_batches), device)
+
+
+def projected_hours(train_ips: float, extract_ips: float, batch: int, target_images: int) -> float:
+    """The paper's Stage II schedule: 40 x 400 iterations + 40 extractions by both mean nets."""
+    seconds = EPOCHS * ITERS * batch / train_ips + EPOCHS * 2 * target_images / extract_ips
+    return seconds / 3600
+
+
+def table(results: dict[str, tuple[float, float]], batch: int) -> str:
+    names = list(results)
+    ref, ours = results[names[0]], results[names[1]]
+    projected = " | ".join(f"Stage II, {t} target (h)" for t in TARGETS)
+    rows = [f"| setting | train img/s | extract img/s | {projected} |", "|---|---:|---:|" + "---:|" * len(TARGETS)]
+    for name, (tr, ex) in results.items():
+        hours = " | ".join(f"{projected_hours(tr, ex, batch, n):.2f}" for n in TARGETS.values())
+        rows.append(f"| {name} | {tr:.1f} | {ex:.1f} | {hours} |")
+    speed = " | ".join(f"{projected_hours(*ref, batch, n) / projected_hours(*ours, batch, n):.2f}x"
+                       for n in TARGETS.values())
+    rows.append(f"| speed-up (ours vs reference) | {ours[0] / ref[0]:.2f}x | {ours[1] / ref[1]:.2f}x | {speed} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="small net at 64x32, a few iterations (CPU smoke check)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile the trained nets in 'ours'")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--iters", type=int, default=None, help="timed training iterations")
+    args = parser.parse_args(argv)
+    tiny = args.tiny
+    args.arch = "cpu_tiny" if tiny else "resnet50"
+    args.height, args.width = (64, 32) if tiny else (256, 128)
+    args.batch, args.test_batch, args.classes = 64, 128, 500
+    args.iters = args.iters or (2 if tiny else 30)
+    args.warmup = 1 if tiny else 5
+    args.extract_batches = 2 if tiny else 30
+    device = resolve_device(args.device)
+    settings = {name: dict(s) for name, s in SETTINGS.items()}
+    settings["ours"]["compile"] = args.compile
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    results = {}
+    for name, runtime in settings.items():
+        results[name] = (train_throughput(args, runtime, device), extract_throughput(args, runtime, device))
+    on = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"{args.arch} at {args.height}x{args.width}, batch {args.batch} (extraction {args.test_batch}), "
+          f"{args.iters} timed iterations, on {on}; ours = bf16 autocast, channels_last, fused Adam"
+          f"{', torch.compile' if args.compile else ''}\n")
+    print(table(results, args.batch))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
