@@ -10,6 +10,7 @@ Extraction is ``mmt_lib.evaluate.extract_features`` in eval mode. Settings compa
 
     python benchmarks/train_throughput.py                # ResNet-50, 256x128, batch 64 (for a GPU)
     python benchmarks/train_throughput.py --tiny         # small net, 64x32, a few iterations: CPU smoke check
+    python benchmarks/train_throughput.py --curves 200   # also each loss term of both settings, 200 iterations
 
 The projection is the paper's Stage II schedule: 40 epochs x 400 iterations, plus 40 extractions of
 the target training set by both mean nets (evaluation excluded), for a Market (12,936 images) and a
@@ -64,9 +65,10 @@ def make_cfg(args: argparse.Namespace, runtime: dict, iters: int) -> RunConfig:
     })
 
 
-def train_throughput(args: argparse.Namespace, runtime: dict, device: torch.device) -> float:
-    """Images per second of ``mmt.train_epoch`` (each image counted once, though it feeds four nets)."""
-    cfg = make_cfg(args, runtime, args.iters)
+def build_stage2(args: argparse.Namespace, runtime: dict, device: torch.device, iters: int):
+    """Two students, their mean nets and Adam, initialised from seed 0 whatever the settings."""
+    cfg = make_cfg(args, runtime, iters)
+    torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     students = [prepare_model(build_model(args.arch, args.classes), cfg.runtime, device) for _ in range(2)]
     centroids = torch.nn.functional.normalize(torch.randn(args.classes, students[0].feature_dim, generator=gen), dim=1)
@@ -76,14 +78,56 @@ def train_throughput(args: argparse.Namespace, runtime: dict, device: torch.devi
     networks.prepare_training(cfg.runtime, device)
     optimizer = build_adam([p for s in students for p in s.parameters() if p.requires_grad],
                            cfg.mmt.lr, cfg.mmt.weight_decay, cfg.runtime, device)
+    return networks, optimizer, cfg
+
+
+def random_batch(args: argparse.Namespace, device: torch.device, seed: int) -> tuple:
+    """Two views of random images with identity labels in groups of 4, as the P x K sampler gives."""
+    gen = torch.Generator().manual_seed(seed)
     shape = (args.batch, 3, args.height, args.width)
-    labels = torch.arange(args.batch // 4).repeat_interleave(4) % args.classes
-    batch = (torch.randn(shape, generator=gen).to(device), torch.randn(shape, generator=gen).to(device),
-             labels.to(device), None, None)
+    labels = (torch.arange(args.batch // 4).repeat_interleave(4) + seed) % args.classes
+    return (torch.randn(shape, generator=gen).to(device), torch.randn(shape, generator=gen).to(device),
+            labels.to(device), None, None)
+
+
+def train_throughput(args: argparse.Namespace, runtime: dict, device: torch.device) -> float:
+    """Images per second of ``mmt.train_epoch`` (each image counted once, though it feeds four nets)."""
+    networks, optimizer, cfg = build_stage2(args, runtime, device, args.iters)
+    batch = random_batch(args, device, seed=0)
     warm = make_cfg(args, runtime, args.warmup)
     timed(lambda: train_epoch(networks, optimizer, [batch], warm, device, epoch=0), device)
     seconds = timed(lambda: train_epoch(networks, optimizer, [batch], cfg, device, epoch=1), device)
     return args.batch * args.iters / seconds
+
+
+def loss_curves(args: argparse.Namespace, runtime: dict, device: torch.device) -> dict[str, list[float]]:
+    """Each MMT loss term over ``--curves`` iterations from the same start and the same batches."""
+    networks, optimizer, cfg = build_stage2(args, runtime, device, iters=1)
+    curves: dict[str, list[float]] = {}
+    for it in range(args.curves):
+        losses = train_epoch(networks, optimizer, [random_batch(args, device, seed=it)], cfg, device, epoch=it)
+        for name, value in losses.items():
+            curves.setdefault(name, []).append(value)
+    return curves
+
+
+def curves_table(ref: dict[str, list[float]], ours: dict[str, list[float]], window: int) -> str:
+    """Per term: running means (``window`` iterations) at the start and the end, and the largest gap.
+
+    "Noise" is the reference's own spread: the standard deviation of its iteration-to-iteration
+    changes, scaled to a running mean of ``window`` iterations.
+    """
+    rows = [f"| term | reference, first {window} | ours, first {window} | reference, last {window} | "
+            f"ours, last {window} | largest gap of {window}-it. means | noise of such a mean |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, r in ref.items():
+        a, b = torch.tensor(r, dtype=torch.float64), torch.tensor(ours[name], dtype=torch.float64)
+        w = min(window, len(a))
+        run_a, run_b = a.unfold(0, w, 1).mean(1), b.unfold(0, w, 1).mean(1)
+        noise = float(a.diff().std() / (2 * w) ** 0.5) if len(a) > 2 else float("nan")
+        rows.append(f"| {name} | {run_a[0]:.4f} | {run_b[0]:.4f} | {run_a[-1]:.4f} | {run_b[-1]:.4f} | "
+                    f"{float((run_a - run_b).abs().max()):.4f} | {noise:.4f} |")
+    return "\n".join(rows)
 
 
 def extract_throughput(args: argparse.Namespace, runtime: dict, device: torch.device) -> float:
@@ -128,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="also torch.compile the trained nets in 'ours'")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--iters", type=int, default=None, help="timed training iterations")
+    parser.add_argument("--curves", type=int, default=0, metavar="N",
+                        help="also compare the loss terms of both settings over N iterations (the issue asks 200)")
     args = parser.parse_args(argv)
     tiny = args.tiny
     args.arch = "cpu_tiny" if tiny else "resnet50"
@@ -149,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.iters} timed iterations, on {on}; ours = bf16 autocast, channels_last, fused Adam"
           f"{', torch.compile' if args.compile else ''}\n")
     print(table(results, args.batch))
+    if args.curves:
+        ref, ours = (loss_curves(args, runtime, device) for runtime in settings.values())
+        print(f"\nLoss terms over {args.curves} iterations, same start and batches:\n")
+        print(curves_table(ref, ours, window=min(20, args.curves)))
     return 0
 
 

@@ -1,0 +1,42 @@
+"""The benchmark scripts still run end to end at their smoke sizes (their timings are not checked here)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(*args: str) -> str:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_row(out: str, first_cells: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(f"| {first_cells} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_eval_cluster_benchmark_agrees_with_its_references():
+    out = run_script("benchmarks/bench_eval_cluster.py", "--tiny")
+    for step in ("eval", "jaccard"):
+        row = table_row(out, f"{step} | tiny")
+        assert row[7] == row[8] and row[7], f"{step}: ours {row[7]!r} vs reference {row[8]!r}"
+        assert "of which" in row[2]
+    ours, ref = (float(re.search(r"inertia ([\d.]+)", cell).group(1)) for cell in table_row(out, "kmeans | tiny")[7:9])
+    assert abs(ours - ref) / ref < 0.05
+    assert "mAP" in table_row(out, "rerank | tiny")[7]
+
+
+def test_throughput_benchmark_prints_speeds_and_loss_curves():
+    out = run_script("benchmarks/train_throughput.py", "--tiny", "--iters", "1", "--curves", "3")
+    for setting in ("fp32 reference", "ours"):
+        train_ips, extract_ips = (float(x) for x in table_row(out, setting)[1:3])
+        assert train_ips > 0 and extract_ips > 0
+    for term in ("loss_hard_ce", "loss_hard_triplet", "loss_soft_ce", "loss_soft_triplet"):
+        cells = table_row(out, term)[1:]
+        assert all(float(c) == float(c) for c in cells[:5]), cells  # finite, not NaN
