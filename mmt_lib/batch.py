@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import papermill
+import zmq
+from jupyter_client.manager import AsyncKernelManager
 from papermill.exceptions import PapermillExecutionError
 from tqdm.auto import tqdm
 
@@ -38,6 +40,25 @@ from mmt_lib.paths import PROJECT_ROOT, project_path
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RUN_RECORD = "run.json"
+
+
+class _CurveKernelManager(AsyncKernelManager):
+    """Encrypts the kernel's local TCP link (CurveZMQ) where pyzmq and jupyter_client can.
+
+    Recent ipykernel prints a plain-TCP warning at every kernel start: once per run in a batch log.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        if zmq.has("curve") and "transport_encryption" in AsyncKernelManager.class_trait_names():
+            kwargs.setdefault("transport_encryption", "auto")
+        super().__init__(**kwargs)
+
+
+def execute_notebook(notebook: str, output: Path, parameters: dict[str, Any]) -> None:
+    """Run ``notebooks/<notebook>.ipynb`` with papermill into `output`, from the project root."""
+    papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=parameters,
+                               kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT),
+                               kernel_manager_class=_CurveKernelManager)
 
 
 @dataclass(frozen=True)
@@ -218,8 +239,7 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     params = {k: v for k, v in run.parameters.items() if k != "group"}
     output = out_dir / f"{run.notebook}.ipynb"
     try:
-        papermill.execute_notebook(str(NOTEBOOKS / f"{run.notebook}.ipynb"), str(output), parameters=params,
-                                   kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT))
+        execute_notebook(run.notebook, output, params)
     except PapermillExecutionError as err:
         return {"run": run.run_id, "notebook": str(output), "cell": err.exec_count,
                 "error": f"{err.ename}: {err.evalue}"}
@@ -333,9 +353,7 @@ def _collect(profile: str, runs_dir: Path) -> int:
     if not profile_dir.is_dir():
         raise SystemExit(f"no runs for profile {profile!r} under {profile_dir}: run `batch run` first")
     table = collect(profile_dir)
-    papermill.execute_notebook(str(NOTEBOOKS / "04_results.ipynb"), str(profile_dir / "04_results.ipynb"),
-                               parameters={"profile": profile, "runs_dir": str(runs_dir)},
-                               kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT))
+    execute_notebook("04_results", profile_dir / "04_results.ipynb", {"profile": profile, "runs_dir": str(runs_dir)})
     print((profile_dir / "results.md").read_text())
     print(f"{len(table)} rows -> {profile_dir / 'results.csv'}; figures in {profile_dir / 'figures'}; "
           f"tables and curves in {profile_dir / '04_results.ipynb'}")

@@ -50,7 +50,7 @@ def test_grid_covers_every_task_and_variant():
     assert kmeans.upstream == ("duke2market/pretrain/seed3", "duke2market/pretrain/seed4")
 
 
-def test_run_then_collect_writes_results_and_executed_notebooks(grid):
+def test_run_then_collect_writes_results_and_executed_notebooks(grid, capfd):
     profile_dir = grid / "runs" / "smoke"
     for run_id in ("data/tour/seed0", "duke2market/pretrain/seed1", "duke2market/pretrain/seed2",
                    "duke2market/direct/seed1", "duke2market/baseline/seed1", "duke2market/mmt-kmeans/seed1",
@@ -59,7 +59,9 @@ def test_run_then_collect_writes_results_and_executed_notebooks(grid):
         assert metrics["run_hash"], run_id
         executed = json.loads(next((profile_dir / run_id).glob("0*.ipynb")).read_text())
         assert any(c.get("outputs") for c in executed["cells"] if c["cell_type"] == "code"), run_id
+    capfd.readouterr()
     assert cli(grid, "collect") == 0
+    assert "without encryption" not in capfd.readouterr().err  # the kernel's link is encrypted: no warning
     table = pd.read_csv(profile_dir / "results.csv")
     assert set(table["variant"]) == {"direct", "baseline", "mmt-kmeans"}
     assert {"task", "variant", "mAP_mean", "mAP_std", "top1_mean", "top5_mean", "top10_mean"} <= set(table)
