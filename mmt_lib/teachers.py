@@ -16,8 +16,14 @@ from torch import nn
 
 
 def create_mean_teacher(student: nn.Module) -> nn.Module:
-    """A deep copy of ``student`` whose parameters never receive gradients."""
-    teacher = copy.deepcopy(student)
+    """A deep copy of ``student`` whose parameters never receive gradients.
+
+    SyncBatchNorm layers keep their student's process group: a group is a handle on live
+    communicators, shared, never copied.
+    """
+    groups = {id(m.process_group): m.process_group for m in student.modules()
+              if isinstance(m, nn.SyncBatchNorm) and m.process_group is not None}
+    teacher = copy.deepcopy(student, memo=groups)
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher

@@ -84,3 +84,19 @@ def test_bad_schedule_arguments() -> None:
         ema_alpha(-1)
     with pytest.raises(ValueError, match="max_alpha"):
         ema_alpha(3, max_alpha=1.0)
+
+
+def test_mean_teacher_shares_the_students_syncbn_process_group(tmp_path):
+    """A BatchNorm group over some of the ranks is a live handle: copied, it would raise."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        group = dist.new_group([0])
+        student = nn.Sequential(nn.Conv2d(3, 4, 1), nn.SyncBatchNorm(4, process_group=group))
+        teacher = create_mean_teacher(student)
+        assert teacher[1].process_group is group
+        assert teacher[1].weight is not student[1].weight
+        assert not any(p.requires_grad for p in teacher.parameters())
+    finally:
+        dist.destroy_process_group()
