@@ -35,10 +35,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from mmt_lib.evaluate import _BLOCK_ELEMENTS, evaluate_features, squared_euclidean  # noqa: E402
+from mmt_lib.evaluate import distance_blocks, evaluate_features, squared_euclidean  # noqa: E402
 from mmt_lib.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402
 from mmt_lib.rerank import evaluate_reranked, nearest_neighbours  # noqa: E402
-from reference import k_reciprocal_weights, query_expansion  # noqa: E402
+from reference import k_reciprocal_weights, query_expansion, textbook_eps  # noqa: E402
 
 SCALES = {
     # name: (train images, query, gallery, test identities, train identities)
@@ -114,12 +114,6 @@ def reference_jaccard(x: torch.Tensor, k1: int = 20, k2: int = 6) -> np.ndarray:
     return jac
 
 
-def reference_eps(dense: np.ndarray, rho: float = 1.6e-3) -> float:
-    tri = np.triu(dense, 1)
-    tri = np.sort(tri[np.nonzero(tri)], axis=None)
-    return float(tri[: np.round(rho * tri.size).astype(int)].mean())
-
-
 def rss_mb() -> float:
     """Peak RSS of this process in MB since start, or since the last reset_peak()."""
     try:
@@ -148,11 +142,9 @@ def reset_peak() -> None:
 
 def product_seconds(a: torch.Tensor, b: torch.Tensor) -> float:
     """Time of the float32 distance product alone, in the evaluation's blocks: what any exact method pays."""
-    step = max(1, _BLOCK_ELEMENTS // b.shape[0])
-    b_sq = (b * b).sum(1)
     t = time.perf_counter()
-    for s in range(0, a.shape[0], step):
-        squared_euclidean(a[s : s + step], b, b_sq)
+    for _ in distance_blocks(a, b):
+        pass
     return time.perf_counter() - t
 
 
@@ -210,7 +202,7 @@ def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
             t = time.perf_counter()
             from sklearn.cluster import DBSCAN
 
-            eps = reference_eps(dense)
+            eps = textbook_eps(dense)
             labels = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(dense)
             checksum = float((1.0 - dense.astype(np.float64)).sum())
         out["dbscan_seconds"] = time.perf_counter() - t
@@ -274,6 +266,8 @@ def table(rows: list[dict]) -> str:
             if "dbscan_seconds" in x:
                 extra += f" + DBSCAN {x['dbscan_seconds']:.2f}"
             mem = f"{x['peak_mb']:.0f} ({x['step_mb']:.0f}){est}"
+            if "jaccard_peak_mb" in x:
+                mem += f"; Jaccard step alone {x['jaccard_peak_mb']:.0f}"
             return f"{x['seconds']:.2f}{extra}{est}", mem, x["result"]
 
         os_, om, ores = cells(o)

@@ -1,10 +1,9 @@
 """Retrieval evaluation: feature extraction, mAP / CMC / mINP, optionally after k-reciprocal re-ranking.
 
-Why no full sort: the reference sorts a dense query x gallery matrix (about 19 GB and minutes at
-MSMT17 scale). A true match's rank only needs how many wrong matches are closer, so each block of
-queries is scored against the whole gallery, and only the true matches and the wrong matches no
-farther than the farthest true match are sorted: memory O(block x G), work O(G) per query plus a
-sort of the few entries that matter.
+Why no sort: the reference sorts a dense query x gallery matrix (about 19 GB and minutes at MSMT17
+scale). A true match's rank only needs how many wrong matches are closer, so each block of queries
+is scored against the whole gallery, the query's few true-match distances are sorted, and every
+wrong match is placed among them by binary search: O(G log P) per query, memory O(block x G).
 
 Protocol (MMT_SPEC): squared Euclidean distance; gallery entries with the query's identity *and*
 camera are ignored; queries left without a true match are skipped. AP is scikit-learn's
@@ -91,53 +90,43 @@ def _ids(x: ArrayLike, n: int, name: str, device: torch.device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.long)
 
 
-def _order_keys(rows: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """int64 keys that sort as (row, value) do, equal exactly where the float32 values are equal.
-
-    One 1-D sort or binary search then serves every query of a block at once. The float's bits are
-    mapped to an order-preserving 32-bit integer (-0.0 counted as +0.0: a negative float's magnitude
-    bits are flipped), shifted to be non-negative, below the row.
-    """
-    bits = (values.float() + 0.0).contiguous().view(torch.int32)
-    signed = bits ^ ((bits >> 31) & 0x7FFFFFFF)
-    return (rows << 32) + signed.long() + (1 << 31)
-
-
 def _rank_statistics(
     dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per query of the block: (AP, 0-based rank of the first true match, INP, has a true match).
-
-    Only wrong matches at most as far as the query's farthest true match change any of these, and
-    for a fair model they are a small share of the gallery: they alone are sorted.
-    """
+    """Per query of the block: (AP, 0-based rank of the first true match, INP, has a true match)."""
+    dist = dist.float()  # the sorted true-match table below is float32: compare like with like
     c = dist.shape[0]
     same_id = q_pids[:, None] == g_pids[None, :]
     positive = same_id & (q_cams[:, None] != g_cams[None, :])
     n_pos = positive.sum(1)
     valid = n_pos > 0
-    rows, cols = positive.nonzero(as_tuple=True)
-    if rows.numel() == 0:
+    p_max = int(n_pos.max()) if c else 0
+    if p_max == 0:
         zeros = torch.zeros(c, dtype=torch.float64, device=dist.device)
         return zeros, torch.zeros(c, dtype=torch.long, device=dist.device), zeros, valid
+    # Sorted true-match distances of each query, padded with +inf: [c, p_max].
+    rows, cols = positive.nonzero(as_tuple=True)
     pos_d = dist[rows, cols]
-    pos_key, _ = torch.sort(_order_keys(rows, pos_d))
-    farthest = torch.full((c,), float("-inf"), device=dist.device).scatter_reduce_(0, rows, pos_d, "amax")
-    neg_rows, neg_cols = ((dist <= farthest[:, None]) & ~same_id).nonzero(as_tuple=True)
-    neg_key, _ = torch.sort(_order_keys(neg_rows, dist[neg_rows, neg_cols]))
-    # For each true match, in (query, distance) order: wrong and true matches at distance <= it.
-    row_of = pos_key >> 32
-    row_first = row_of << 32
-    neg_before = torch.searchsorted(neg_key, pos_key, right=True) - torch.searchsorted(neg_key, row_first)
-    pos_before = torch.searchsorted(pos_key, pos_key, right=True) - torch.searchsorted(pos_key, row_first)
+    order = torch.argsort(pos_d, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, pos_d = rows[order], pos_d[order]
+    row_start = torch.cumsum(n_pos, 0) - n_pos
+    slot = torch.arange(len(rows), device=dist.device) - row_start[rows]
+    sorted_pos = torch.full((c, p_max), float("inf"), device=dist.device)
+    sorted_pos[rows, slot] = pos_d
+    # Wrong matches: bucket b = number of true matches strictly closer; it counts for true match j iff b <= j.
+    neg_d = dist.masked_fill(same_id, float("inf"))
+    bucket = torch.searchsorted(sorted_pos, neg_d, side="left")
+    hist = torch.zeros((c, p_max + 1), dtype=torch.long, device=dist.device)
+    hist.scatter_add_(1, bucket, torch.ones((1, 1), dtype=torch.long, device=dist.device).expand_as(bucket))
+    neg_before = hist[:, :p_max].cumsum(1)  # wrong matches at distance <= each true match
+    pos_before = torch.searchsorted(sorted_pos, sorted_pos, side="right")  # true matches at distance <= it
+    in_row = torch.arange(p_max, device=dist.device)[None, :] < n_pos[:, None]
     precision = pos_before.double() / (pos_before + neg_before).double()
-    ap = torch.zeros(c, dtype=torch.float64, device=dist.device).index_add_(0, row_of, precision)
-    ap = ap / n_pos.clamp(min=1)
-    row_end = torch.cumsum(n_pos, 0)
-    first_idx = (row_end - n_pos).clamp(max=len(pos_key) - 1)  # rows without a true match: any index
-    last_idx = (row_end - 1).clamp(min=0)
-    first_rank = torch.where(valid, neg_before[first_idx], 0)
-    inp = torch.where(valid, n_pos.double() / (n_pos + neg_before[last_idx]).double(), 0.0)
+    ap = torch.where(in_row, precision, 0.0).sum(1) / n_pos.clamp(min=1)
+    first_rank = neg_before[:, 0]
+    last = (n_pos - 1).clamp(min=0)
+    inp = n_pos.double() / (n_pos + neg_before.gather(1, last[:, None])[:, 0]).double()
     return ap, first_rank, inp, valid
 
 
@@ -213,9 +202,21 @@ def evaluate_features(
     g = check_features(gallery_feats, "gallery_feats", q.device)
     if q.shape[1] != g.shape[1]:
         raise ValueError(f"query_feats and gallery_feats differ in dimension: {q.shape[1]} vs {g.shape[1]}")
+    blocks = distance_blocks(q, g, chunk_size)
+    return evaluate_distance_blocks(blocks, query_pids, gallery_pids, query_cams, gallery_cams, topk)
+
+
+def distance_blocks(
+    q: torch.Tensor, g: torch.Tensor, chunk_size: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first query row, squared distances [c, G]) for `chunk_size` queries at a time.
+
+    The default block holds about 16M query x gallery entries, so memory stays bounded whatever
+    the gallery size.
+    """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     step = chunk_size or max(1, _BLOCK_ELEMENTS // g.shape[0])
     g_sq = (g * g).sum(1)
-    blocks = ((s, squared_euclidean(q[s : s + step], g, g_sq)) for s in range(0, q.shape[0], step))
-    return evaluate_distance_blocks(blocks, query_pids, gallery_pids, query_cams, gallery_cams, topk)
+    for s in range(0, q.shape[0], step):
+        yield s, squared_euclidean(q[s : s + step], g, g_sq)

@@ -105,6 +105,8 @@ def dbscan_eps(jaccard: sp.csr_matrix, rho: float = 1.6e-3) -> float:
     # Pass over blocks of rows keeping only the candidates for the smallest values: the count taken
     # is at most round(rho * n (n - 1) / 2) whatever the number of stored zeros.
     top_max = int(np.round(rho * (n * (n - 1) // 2)))
+    if top_max == 0:
+        raise ValueError(f"rho={rho} selects no pair out of {n * (n - 1) // 2}: raise rho or use more samples")
     zeros_stored, smallest = 0, []
     step = max(1, (1 << 24) // max(1, jaccard.nnz // n))  # rows per pass: about 16M stored entries
     for s in range(0, n, step):

@@ -74,3 +74,10 @@ def textbook_rerank(dist: np.ndarray, n_query: int, k1: int = 20, k2: int = 6,
     jac = jaccard_rows(query_expansion(v, initial_rank, k2), n_query)
     final = jac * (1 - lambda_value) + original[:n_query] * lambda_value
     return final[:, n_query:]
+
+
+def textbook_eps(dense: np.ndarray, rho: float = 1.6e-3) -> float:
+    """DBSCAN's eps as the reference computes it: mean of the smallest `rho` share of the non-zero upper-triangle distances."""
+    tri = np.triu(dense, 1)
+    tri = np.sort(tri[np.nonzero(tri)], axis=None)
+    return float(tri[: np.round(rho * tri.size).astype(int)].mean())

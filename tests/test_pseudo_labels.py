@@ -21,7 +21,7 @@ from mmt_lib.pseudo_labels import (
     kmeans,
     relabel,
 )
-from reference import textbook_jaccard
+from reference import textbook_eps, textbook_jaccard
 
 
 def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: float = 0.8) -> torch.Tensor:
@@ -29,12 +29,6 @@ def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: fl
     centres = rng.normal(size=(n_ids, dim))
     ids = rng.integers(0, n_ids, n)
     return F.normalize(torch.from_numpy(centres[ids] + noise * rng.normal(size=(n, dim))).float(), dim=1)
-
-
-def textbook_eps(dense: np.ndarray, rho: float) -> float:
-    tri = np.triu(dense, 1)
-    tri = np.sort(tri[np.nonzero(tri)], axis=None)
-    return float(tri[: np.round(rho * tri.size).astype(int)].mean())
 
 
 @pytest.mark.parametrize("seed,k1,k2", [(0, 20, 6), (1, 10, 1), (2, 7, 4)])
