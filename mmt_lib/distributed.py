@@ -80,12 +80,17 @@ def barrier() -> None:
 
 @contextmanager
 def main_first() -> Iterator[None]:
-    """Rank 0 runs the block before the others, e.g. to generate files that they then only read."""
+    """Rank 0 runs the block before the others, e.g. to generate files that they then only read.
+
+    Rank 0 releases the others even when its block raises, so that they fail rather than wait.
+    """
     if not is_main():
         barrier()
-    yield
-    if is_main():
-        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def cleanup() -> None:
@@ -146,9 +151,9 @@ def mean_over_ranks(values: dict[str, float]) -> dict[str, float]:
     return {k: float(v) / world_size() for k, v in zip(values, t.tolist())}
 
 
-def per_rank_batch(batch_size: int, num_instances: int) -> int:
-    """This rank's share of the global batch: whole identities (``num_instances`` images each)."""
-    world = world_size()
+def per_rank_batch(batch_size: int, num_instances: int, world: int | None = None) -> int:
+    """Each rank's share of the global batch over ``world`` ranks (default: this job's), in whole identities."""
+    world = world_size() if world is None else world
     if batch_size % (num_instances * world):
         raise ValueError(
             f"data.batch_size ({batch_size}) must split into whole identities of data.num_instances "

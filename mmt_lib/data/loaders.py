@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler
 from mmt_lib.data.base import Sample
 from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
 from mmt_lib.data.transforms import Transform
+from mmt_lib.distributed import per_rank_batch
 from mmt_lib.seeding import derive_seed
 
 _WORKER_STREAM = 1
@@ -109,11 +110,7 @@ def build_train_loader(
             f"samples hold {len(sampler.pids)} identities but a batch needs {per_batch} "
             f"(batch_size {batch_size} / num_instances {num_instances}); lower batch_size"
         )
-    if (batch_size // world_size) % num_instances or batch_size % world_size:
-        raise ValueError(
-            f"batch_size ({batch_size}) must split into whole identities of num_instances ({num_instances}) "
-            f"images over world_size ({world_size}) processes"
-        )
+    per_rank_batch(batch_size, num_instances, world_size)
     sampler.set_epoch(epoch)
     return DataLoader(
         dataset,
