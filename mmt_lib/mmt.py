@@ -91,6 +91,9 @@ def embed_target(nets: list[ReidNet], target: ReidDataset, cfg: RunConfig, devic
     Each process embeds its shard of the images; every process gets all the features.
     """
     n = len(target.train)
+    if n < distributed.world_size():  # every rank needs a shard, or the gather waits forever
+        raise ValueError(f"the target training set holds {n} images, fewer than the "
+                         f"{distributed.world_size()} processes: use fewer processes")
     loader = build_test_loader(
         ImageDataset(target.train[distributed.shard(n)], build_test_transform(cfg.data.height, cfg.data.width)),
         batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",

@@ -85,6 +85,16 @@ def test_feature_shards_cover_every_row_once(monkeypatch):
     assert rows == list(range(10))
 
 
+def test_a_target_smaller_than_the_job_is_refused_on_every_rank(monkeypatch):
+    from types import SimpleNamespace
+
+    from mmt_lib.mmt import embed_target
+
+    monkeypatch.setattr(distributed, "world_size", lambda: 4)
+    with pytest.raises(ValueError, match="3 images, fewer than the 4 processes"):
+        embed_target([], SimpleNamespace(train=make_samples(1, 3)), None, torch.device("cpu"))
+
+
 def test_batchnorm_group_spans_the_ranks_that_hold_its_images(monkeypatch):
     assert distributed.bn_ranks(64, 4, None) == 1
     with pytest.raises(ValueError, match="data.bn_group_size"):
