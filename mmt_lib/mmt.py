@@ -273,12 +273,13 @@ def train_mmt(
             record[f"net{i}"] = distributed.on_main(evaluate_model, net, target, cfg, device, f"evaluate net {i}")
         record["seconds_eval"] = time.perf_counter() - tic
         history.append(record)
-        distributed.on_main(save_checkpoint, out_dir / CHECKPOINT, {
-            "stage": "mmt", "epoch": epoch, "config_hash": cfg.config_hash(), "num_classes": num_classes,
-            "eps": eps, "history": history,
-            "students": [net.state_dict() for net in networks.students],
-            "means": [net.state_dict() for net in networks.means],
-        })
+        if distributed.is_main():  # one writer; the others have nothing to wait for
+            save_checkpoint(out_dir / CHECKPOINT, {
+                "stage": "mmt", "epoch": epoch, "config_hash": cfg.config_hash(), "num_classes": num_classes,
+                "eps": eps, "history": history,
+                "students": [net.state_dict() for net in networks.students],
+                "means": [net.state_dict() for net in networks.means],
+            })
     return summarise(history, cfg)
 
 

@@ -91,11 +91,12 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
             record["target"] = distributed.on_main(evaluate_model, model, target, cfg, device, "evaluate target")
             record["seconds_eval"] = time.perf_counter() - tic
         history.append(record)
-        distributed.on_main(save_checkpoint, out_dir / CHECKPOINT, {
-            "stage": "pretrain", "epoch": epoch, "config_hash": cfg.config_hash(),
-            "arch": cfg.model.arch, "num_classes": source.num_train_pids,
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-        })
+        if distributed.is_main():  # one writer; the others have nothing to wait for
+            save_checkpoint(out_dir / CHECKPOINT, {
+                "stage": "pretrain", "epoch": epoch, "config_hash": cfg.config_hash(),
+                "arch": cfg.model.arch, "num_classes": source.num_train_pids,
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+            })
 
     final = history[-1]
     metrics = {
