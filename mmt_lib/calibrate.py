@@ -1,0 +1,213 @@
+"""Calibrating the synthetic domains: is each target learnable, and is the gap from its source real?
+
+A benchmark for pseudo-label refinery is only fair when three things hold for every transfer task,
+each measured by the same Stage I pipeline and network the experiments use (never by Stage II):
+
+- ``supervised_mAP``: Stage I trained on the *target's own* labelled training set and evaluated on
+  its test split. The upper bound: no unsupervised method should reach it, and a target below it
+  is too hard for the network, so no adaptation result on it means much;
+- ``direct_mAP``: the task's own Stage I network (trained on the source, with the target forwarded
+  through BatchNorm) evaluated on the target: direct transfer, where adaptation starts;
+- ``kmeans_nmi``: k-means with the task's K on that network's target training features, scored
+  against the true identities (which training never sees): how noisy the first pseudo labels are.
+  Stage II averages two networks' features, which is a little cleaner than this one network.
+
+``CRITERIA`` holds the bands; ``python -m mmt_lib.calibrate`` writes ``calibration.csv`` and
+``calibration.md`` with a pass/fail per number. The synthetic domains' knobs (``synthetic.DOMAINS``)
+are chosen by these numbers alone, before any Stage II run is looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from mmt_lib import config
+from mmt_lib.analysis import pseudo_label_quality
+from mmt_lib.checkpoints import save_metrics, write_json_atomic
+from mmt_lib.engine import load_named_dataset, prepare_model, setup_device
+from mmt_lib.mmt import assign_pseudo_labels, embed_target
+from mmt_lib.paths import project_path
+from mmt_lib.pretrain import CHECKPOINT, load_pretrained_network, pretrain
+
+CRITERIA: dict[str, tuple[float | None, float | None]] = {
+    "supervised_mAP": (0.80, None),
+    "direct_mAP": (0.15, 0.45),
+    "kmeans_nmi": (None, 0.85),
+}
+"""(lowest, highest) allowed value of each calibration number; ``None``: no bound on that side."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One Stage I run of the calibration: ``supervised/<target>`` or ``direct/<task>``."""
+
+    name: str
+    cfg: config.RunConfig
+
+
+def calibration_cells(
+    profile: str = "synthetic",
+    tasks: list[str] | None = None,
+    seed: int = 1,
+    data_root: str | None = None,
+) -> list[Cell]:
+    """One direct-transfer run per task and one supervised run per distinct target, in that order."""
+    tasks = list(config.TASKS) if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in config.TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"calibration tasks must be among {sorted(config.TASKS)}, got {tasks}")
+    quiet = {"runtime": {"progress": False}}
+    direct = [config.resolve("pretrain", profile, task=t, seed=seed, data_root=data_root, overrides=quiet)
+              for t in tasks]
+    targets = list(dict.fromkeys(cfg.data.target for cfg in direct))
+    supervised = [config.resolve("pretrain", profile, source=name, target=name, seed=seed, data_root=data_root,
+                                 overrides=quiet) for name in targets]
+    return ([Cell(f"direct/{cfg.task}", cfg) for cfg in direct]
+            + [Cell(f"supervised/{cfg.data.target}", cfg) for cfg in supervised])
+
+
+def first_label_noise(cfg: config.RunConfig, run_dir: str | Path) -> dict[str, float]:
+    """Quality of k-means pseudo labels (the task's K) from the Stage I network in ``run_dir``."""
+    device = setup_device(cfg.runtime)
+    net = prepare_model(load_pretrained_network(Path(run_dir) / CHECKPOINT, cfg.model.arch), cfg.runtime, device)
+    target = load_named_dataset(cfg.data, cfg.data.target)
+    features = embed_target([net], target, cfg, device)
+    labels, _ = assign_pseudo_labels(features, replace(cfg.mmt, clustering="kmeans"), cfg.seed, None)
+    return pseudo_label_quality(labels, np.array([pid for _, pid, _ in target.train]))
+
+
+def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train one cell from scratch into ``out_dir/<cell.name>`` (a temp folder renamed when done)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    final = project_path(out_dir) / cell.name
+    work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(work, ignore_errors=True)
+    tic = time.perf_counter()
+    try:
+        metrics = pretrain(cell.cfg, work, resume=False)
+        summary = {"cell": cell.name, "task": cell.cfg.task, "source": cell.cfg.data.source,
+                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"]}
+        if cell.name.startswith("direct/"):
+            summary["kmeans"] = first_label_noise(cell.cfg, work)
+        summary["seconds"] = time.perf_counter() - tic
+        metrics["calibration"] = summary
+        save_metrics(work, metrics)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _passes(value: float, bounds: tuple[float | None, float | None]) -> bool:
+    low, high = bounds
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per task: the three numbers, whether each passes ``CRITERIA``, and whether all do."""
+    supervised = {s["target"]: s for s in summaries if s["cell"].startswith("supervised/")}
+    rows = []
+    for s in (s for s in summaries if s["cell"].startswith("direct/")):
+        if s["target"] not in supervised:
+            raise ValueError(f"no supervised calibration run for {s['target']} (needed by {s['task']})")
+        row = {"task": s["task"], "source": s["source"], "target": s["target"],
+               "supervised_mAP": supervised[s["target"]]["mAP"], "direct_mAP": s["mAP"],
+               "kmeans_nmi": s["kmeans"]["nmi"], "kmeans_clusters": s["kmeans"]["num_clusters"]}
+        for name, bounds in CRITERIA.items():
+            row[f"{name}_ok"] = _passes(row[name], bounds)
+        row["calibrated"] = all(row[f"{name}_ok"] for name in CRITERIA)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _bounds_text(bounds: tuple[float | None, float | None]) -> str:
+    low, high = bounds
+    if low is not None and high is not None:
+        return f"{low:g}–{high:g}"
+    return f">= {low:g}" if low is not None else f"< {high:g}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, mAP in percent, each number marked ✓ or ✗ against its band."""
+    shown = table[["task"]].copy()
+    for name, bounds in CRITERIA.items():
+        scale, fmt = (100.0, "{:.1f}") if name.endswith("mAP") else (1.0, "{:.3f}")
+        header = f"{name} ({_bounds_text(tuple(None if b is None else b * scale for b in bounds))})"
+        shown[header] = [f"{fmt.format(v * scale)} {'✓' if ok else '✗'}"
+                         for v, ok in zip(table[name], table[f"{name}_ok"])]
+    shown["calibrated"] = ["yes" if ok else "no" for ok in table["calibrated"]]
+    return shown.to_markdown(index=False)
+
+
+def calibrate(
+    profile: str = "synthetic",
+    tasks: list[str] | None = None,
+    seed: int = 1,
+    out_dir: str | Path = "runs/synthetic/calibration",
+    jobs: int = 1,
+    data_root: str | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cells = calibration_cells(profile, tasks, seed, data_root)
+    out_dir = project_path(out_dir)
+    for cfg in {c.cfg.data for c in cells}:  # generate the domains once, before workers race for them
+        load_named_dataset(cfg, cfg.source)
+        load_named_dataset(cfg, cfg.target)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    bar = tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress)
+    summaries: list[dict[str, Any]] = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for summary in pool.map(run_cell, cells, [out_dir] * len(cells), [threads] * len(cells)):
+            summaries.append(summary)
+            bar.update(1)
+    bar.close()
+    table = calibration_table(summaries)
+    tmp = out_dir / ".calibration.csv.tmp"
+    table.to_csv(tmp, index=False, float_format="%.4f")
+    tmp.replace(out_dir / "calibration.csv")
+    tmp = out_dir / ".calibration.md.tmp"
+    tmp.write_text(f"# Calibration: profile {profile}, seed {seed}\n\n{to_markdown(table)}\n")
+    tmp.replace(out_dir / "calibration.md")
+    write_json_atomic(out_dir / "calibration.json", {"profile": profile, "seed": seed, "runs": summaries})
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmt_lib.calibrate", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
+    parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(config.TASKS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--out", default=None, help="default: runs/<profile>/calibration")
+    args = parser.parse_args(argv)
+    out = args.out or f"runs/{args.profile}/calibration"
+    tic = time.perf_counter()
+    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, args.data_root)
+    print(to_markdown(table))
+    print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
+          f"-> {project_path(out) / 'calibration.csv'}")
+    return 0 if table["calibrated"].all() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
