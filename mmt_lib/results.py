@@ -106,12 +106,14 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def collect(profile_dir: str | Path) -> pd.DataFrame:
-    """Write ``results.csv`` and ``results.md`` into ``profile_dir``; return the table."""
+    """Write ``results.csv`` / ``results.md`` (over seeds) and ``runs.csv`` (one row per run); return the table."""
     profile_dir = Path(profile_dir)
-    table = with_published(summarise(load_runs(profile_dir)))
-    csv_tmp = profile_dir / ".results.csv.tmp"
-    table.to_csv(csv_tmp, index=False, float_format="%.2f")
-    csv_tmp.replace(profile_dir / "results.csv")
+    runs = load_runs(profile_dir)
+    table = with_published(summarise(runs))
+    for name, frame in (("results.csv", table), ("runs.csv", runs)):
+        csv_tmp = profile_dir / f".{name}.tmp"
+        frame.to_csv(csv_tmp, index=False, float_format="%.2f")
+        csv_tmp.replace(profile_dir / name)
     md = profile_dir / "results.md"
     md_tmp = profile_dir / ".results.md.tmp"
     md_tmp.write_text(

@@ -66,6 +66,11 @@ def test_run_then_collect_writes_results_and_executed_notebooks(grid, capfd):
     assert set(table["variant"]) == {"direct", "baseline", "mmt-kmeans"}
     assert {"task", "variant", "mAP_mean", "mAP_std", "top1_mean", "top5_mean", "top10_mean"} <= set(table)
     assert table["mAP_mean"].between(0, 100).all()
+    per_run = pd.read_csv(profile_dir / "runs.csv")
+    assert len(per_run) == len(table) and set(per_run["seed"]) == {1}
+    kmeans = json.loads((profile_dir / "duke2market/mmt-kmeans/seed1/metrics.json").read_text())
+    row = per_run[(per_run["task"] == "duke2market") & (per_run["variant"] == "mmt-kmeans")].iloc[0]
+    assert row["mAP"] == pytest.approx(100 * kmeans["mAP"], abs=0.01)
     assert "| duke2market | mmt-kmeans" in (profile_dir / "results.md").read_text()
     assert (profile_dir / "figures" / "results_mAP.png").stat().st_size > 0
     assert (profile_dir / "04_results.ipynb").exists()

@@ -15,16 +15,21 @@ What differs between the domains (every knob lives in `DOMAINS` below):
 |----------------------------|-----------------------|--------------------------|---------------------------------|
 | cameras                    | 6                     | 8                        | 15                              |
 | identities (real: train/test) | 751 / 750          | 702 / 1110               | 1041 / 3060                     |
-| cameras per identity       | 2-6                   | 2-4                      | 2-5                             |
-| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 55% neutral (black, navy, grey), long coats, backpacks | mixed; hues shifted the other way |
-| white balance              | warm (+0.35)          | cool (-0.25)             | neutral, strong per-camera casts |
-| illumination gain          | 0.95-1.25             | 0.7-1.05                 | 0.55-1.3                        |
+| cameras per identity       | 2-6                   | 2-5                      | 2-5                             |
+| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 25% neutral, 20% long coats, backpacks | mixed; hues shifted the other way |
+| white balance              | warm (+0.5)           | cool (-0.4)              | neutral                         |
+| per-camera colour cast     | strong (0.3)          | weak (0.1)               | very strong (0.4)               |
+| illumination gain          | 0.95-1.25             | 0.6-1.25                 | 0.8-1.2                         |
+| person height / crop       | 0.85-0.97             | 0.65-0.85 (loose crops)  | 0.75-0.97                       |
 | scenery (cameras)          | 2/3 street (walls, windows, pavement), 1/3 campus | 2/3 campus (foliage, brick, snow or grass), 1/3 street | street, campus and indoor corridors |
-| texture / sensor noise     | 0.15 / 0.015          | 0.3 / 0.03               | 0.25 / 0.04                     |
-| blur radius / resolution loss | 0.3 px / none      | 0.5 px / 1.25x           | 0.5 px / 1.5x                   |
-| JPEG quality               | 92                    | 80                       | 75                              |
-| occlusion (mean chance)    | 8%                    | 20%                      | 18%                             |
+| texture / sensor noise     | 0.15 / 0.015          | 0.15 / 0.015             | 0.15 / 0.015                    |
+| blur radius / resolution loss | 0.3 px / none      | 0.3 px / none            | 0.3 px / none                   |
+| JPEG quality               | 92                    | 85                       | 80                              |
+| occlusion (mean chance)    | 8%                    | 6%                       | 6%                              |
 | gallery distractors (pid 0)| 10% of the gallery    | none                     | none                            |
+
+The values were chosen by `python -m mmt_lib.calibrate` (Stage I numbers only: each target must be
+learnable with its own labels, and transfer to it must be partial); the README records the rounds.
 
 Identity counts are the real datasets' scaled by the size's `id_scale` (`SIZES`). Test identities
 are disjoint from train identities; for each test identity one image per camera (at most
@@ -98,30 +103,30 @@ DOMAINS: dict[str, DomainSpec] = {
         name="synth-market", num_cams=6, real_train_ids=751, real_test_ids=750, cams_per_id=(2, 6),
         distractor_fraction=0.1,
         style=DomainStyle(
-            dark_clothing=0.35, hue_shift=0.0, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
-            backpack=0.3, temperature=0.35, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.08,
+            dark_clothing=0.35, hue_shift=-0.04, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
+            backpack=0.3, temperature=0.5, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.3,
             backgrounds=("street", "street", "campus"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
             jpeg_quality=92, occlusion=0.08, scale=(0.85, 0.97),
         ),
     ),
     "synth-duke": DomainSpec(
-        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(2, 4),
+        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(2, 5),
         distractor_fraction=0.0,
         style=DomainStyle(
-            dark_clothing=0.55, hue_shift=0.04, saturation=0.75, lightness=-0.1, coat=0.45, summer=0.05,
-            backpack=0.45, temperature=-0.25, brightness=(0.7, 1.05), contrast=0.9, camera_cast=0.1,
-            backgrounds=("campus", "campus", "street"), texture=0.3, noise=0.03, blur=0.5, downsample=1.25,
-            jpeg_quality=80, occlusion=0.2, scale=(0.8, 0.95),
+            dark_clothing=0.25, hue_shift=0.06, saturation=0.95, lightness=0.0, coat=0.2, summer=0.05,
+            backpack=0.45, temperature=-0.4, brightness=(0.6, 1.25), contrast=1.0, camera_cast=0.1,
+            backgrounds=("campus", "campus", "street"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
+            jpeg_quality=85, occlusion=0.06, scale=(0.65, 0.85),
         ),
     ),
     "synth-msmt": DomainSpec(
         name="synth-msmt", num_cams=15, real_train_ids=1041, real_test_ids=3060, cams_per_id=(2, 5),
         distractor_fraction=0.0,
         style=DomainStyle(
-            dark_clothing=0.55, hue_shift=-0.03, saturation=0.9, lightness=0.0, coat=0.3, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.55, 1.3), contrast=1.0, camera_cast=0.16,
-            backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.25, noise=0.04,
-            blur=0.5, downsample=1.5, jpeg_quality=75, occlusion=0.18, scale=(0.75, 0.97),
+            dark_clothing=0.25, hue_shift=-0.08, saturation=1.0, lightness=0.0, coat=0.2, summer=0.2,
+            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.4,
+            backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.15, noise=0.015,
+            blur=0.3, downsample=1.0, jpeg_quality=80, occlusion=0.06, scale=(0.75, 0.97),
         ),
     ),
 }
