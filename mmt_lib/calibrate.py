@@ -10,10 +10,12 @@ each measured by the same Stage I pipeline and network the experiments use (neve
   through BatchNorm) evaluated on the target: direct transfer, where adaptation starts;
 - ``kmeans_nmi``: k-means with the task's K on that network's target training features, scored
   against the true identities (which training never sees): how noisy the first pseudo labels are.
-  Stage II averages two networks' features, which is a little cleaner than this one network.
+  Stage II averages two networks' features, which is a little cleaner than this one network, and
+  seeds its k-means differently, so its first-epoch NMI differs a little from this one.
 
-``CRITERIA`` holds the bands; ``python -m mmt_lib.calibrate`` writes ``calibration.csv`` and
-``calibration.md`` with a pass/fail per number. The synthetic domains' knobs (``synthetic.DOMAINS``)
+``CRITERIA`` holds the bands (``low <= x < high``); ``python -m mmt_lib.calibrate`` writes
+``calibration.csv``, ``calibration.md`` and ``calibration.json`` under ``runs/<profile>/calibration``
+with a pass/fail per number, and exits with status ``EXIT_OUT_OF_BAND`` when any number is outside. The synthetic domains' knobs (``synthetic.DOMAINS``)
 are chosen by these numbers alone, before any Stage II run is looked at.
 """
 
@@ -25,7 +27,7 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from tqdm.auto import tqdm
 
 from mmt_lib import config
 from mmt_lib.analysis import pseudo_label_quality
-from mmt_lib.checkpoints import save_metrics, write_json_atomic
+from mmt_lib.checkpoints import remove_dead_temps, save_metrics, temp_token, write_json_atomic, write_text_atomic
 from mmt_lib.engine import load_named_dataset, prepare_model, setup_device
 from mmt_lib.mmt import assign_pseudo_labels, embed_target
 from mmt_lib.paths import project_path
@@ -48,7 +50,14 @@ CRITERIA: dict[str, tuple[float | None, float | None]] = {
     "direct_mAP": (0.15, 0.45),
     "kmeans_nmi": (None, 0.85),
 }
-"""(lowest, highest) allowed value of each calibration number; ``None``: no bound on that side."""
+"""(low, high) of each calibration number's band, ``low <= x < high``; ``None``: no bound on that side."""
+
+EXIT_OUT_OF_BAND = 3
+"""Exit status of ``python -m mmt_lib.calibrate`` when it ran but some number is outside its band."""
+
+
+def default_out_dir(profile: str) -> Path:
+    return project_path(f"runs/{profile}/calibration")
 
 
 @dataclass(frozen=True)
@@ -68,8 +77,8 @@ def calibration_cells(
     """One direct-transfer run per task and one supervised run per distinct target, in that order."""
     tasks = list(config.TASKS) if tasks is None else list(tasks)
     unknown = [t for t in tasks if t not in config.TASKS]
-    if unknown or not tasks:
-        raise ValueError(f"calibration tasks must be among {sorted(config.TASKS)}, got {tasks}")
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"calibration tasks must be distinct and among {sorted(config.TASKS)}, got {tasks}")
     quiet = {"runtime": {"progress": False}}
     direct = [config.resolve("pretrain", profile, task=t, seed=seed, data_root=data_root, overrides=quiet)
               for t in tasks]
@@ -95,8 +104,9 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
     if threads is not None:
         torch.set_num_threads(threads)
     final = project_path(out_dir) / cell.name
-    work = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final.parent, final.name)
+    work = final.with_name(f".{final.name}.tmp-{temp_token()}")
     tic = time.perf_counter()
     try:
         metrics = pretrain(cell.cfg, work, resume=False)
@@ -116,7 +126,7 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
 
 def _passes(value: float, bounds: tuple[float | None, float | None]) -> bool:
     low, high = bounds
-    return (low is None or value >= low) and (high is None or value <= high)
+    return (low is None or value >= low) and (high is None or value < high)
 
 
 def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
@@ -139,8 +149,8 @@ def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
 def _bounds_text(bounds: tuple[float | None, float | None]) -> str:
     low, high = bounds
     if low is not None and high is not None:
-        return f"{low:g}–{high:g}"
-    return f">= {low:g}" if low is not None else f"< {high:g}"
+        return f"{low:g} ≤ x < {high:g}"
+    return f"≥ {low:g}" if low is not None else f"< {high:g}"
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -159,34 +169,42 @@ def calibrate(
     profile: str = "synthetic",
     tasks: list[str] | None = None,
     seed: int = 1,
-    out_dir: str | Path = "runs/synthetic/calibration",
+    out_dir: str | Path | None = None,
     jobs: int = 1,
     data_root: str | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``."""
+    """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``.
+
+    ``out_dir`` defaults to ``runs/<profile>/calibration``.
+    """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
     cells = calibration_cells(profile, tasks, seed, data_root)
-    out_dir = project_path(out_dir)
+    out_dir = default_out_dir(profile) if out_dir is None else project_path(out_dir)
     for cfg in {c.cfg.data for c in cells}:  # generate the domains once, before workers race for them
         load_named_dataset(cfg, cfg.source)
         load_named_dataset(cfg, cfg.target)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress)
-    summaries: list[dict[str, Any]] = []
+    by_name: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for summary in pool.map(run_cell, cells, [out_dir] * len(cells), [threads] * len(cells)):
-            summaries.append(summary)
-            bar.update(1)
-    bar.close()
+        futures = [pool.submit(run_cell, cell, out_dir, threads) for cell in cells]
+        try:
+            for future in as_completed(futures):
+                summary = future.result()
+                by_name[summary["cell"]] = summary
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed cell stops the queue, not just itself
+            raise
+        finally:
+            bar.close()
+    summaries = [by_name[cell.name] for cell in cells]
     table = calibration_table(summaries)
-    tmp = out_dir / ".calibration.csv.tmp"
-    table.to_csv(tmp, index=False, float_format="%.4f")
-    tmp.replace(out_dir / "calibration.csv")
-    tmp = out_dir / ".calibration.md.tmp"
-    tmp.write_text(f"# Calibration: profile {profile}, seed {seed}\n\n{to_markdown(table)}\n")
-    tmp.replace(out_dir / "calibration.md")
+    write_text_atomic(out_dir / "calibration.csv", table.to_csv(index=False, float_format="%.4f"))
+    write_text_atomic(out_dir / "calibration.md", f"# Calibration: profile {profile}, seed {seed}\n\n"
+                                                  f"{to_markdown(table)}\n")
     write_json_atomic(out_dir / "calibration.json", {"profile": profile, "seed": seed, "runs": summaries})
     return table
 
@@ -200,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=None, help="default: runs/<profile>/calibration")
     args = parser.parse_args(argv)
-    out = args.out or f"runs/{args.profile}/calibration"
+    out = default_out_dir(args.profile) if args.out is None else project_path(args.out)
     tic = time.perf_counter()
     table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, args.data_root)
     print(to_markdown(table))
     print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
-          f"-> {project_path(out) / 'calibration.csv'}")
-    return 0 if table["calibrated"].all() else 1
+          f"-> {out / 'calibration.csv'}")
+    return 0 if table["calibrated"].all() else EXIT_OUT_OF_BAND
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +20,37 @@ def _atomic_target(path: Path) -> tuple[int, str]:
     return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
+def write_text_atomic(path: str | Path, text: str) -> Path:
     path = Path(path)
     fd, tmp = _atomic_target(path)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh, indent=2, sort_keys=True, default=float)
-            fh.write("\n")
+            fh.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=float) + "\n")
+
+
+def temp_token() -> str:
+    """``<pid>-<random>``: names a temp folder so that ``remove_dead_temps`` can tell whose it is."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def remove_dead_temps(root: Path, folder_name: str) -> None:
+    """Delete ``.<folder_name>.<kind>-<temp_token>`` folders left by killed processes (their pid is gone)."""
+    for path in Path(root).glob(f".{folder_name}.*-*-*"):
+        try:
+            os.kill(int(path.name.split("-")[-2]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, OverflowError, PermissionError):
+            continue
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mmt_lib.analysis import flat_history
-from mmt_lib.checkpoints import METRICS_FILE
+from mmt_lib.checkpoints import METRICS_FILE, write_text_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.plots import plot_results_bars, save_figure
 
@@ -111,18 +111,14 @@ def collect(profile_dir: str | Path) -> pd.DataFrame:
     runs = load_runs(profile_dir)
     table = with_published(summarise(runs))
     for name, frame in (("results.csv", table), ("runs.csv", runs)):
-        csv_tmp = profile_dir / f".{name}.tmp"
-        frame.to_csv(csv_tmp, index=False, float_format="%.2f")
-        csv_tmp.replace(profile_dir / name)
-    md = profile_dir / "results.md"
-    md_tmp = profile_dir / ".results.md.tmp"
-    md_tmp.write_text(
+        write_text_atomic(profile_dir / name, frame.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(
+        profile_dir / "results.md",
         f"# Results: {profile_dir.name}\n\nPercent, mean ± sample std over seeds. Label-free model selection "
         "(last epoch, network 1); `oracle_mAP_mean` picks the best epoch by target-test mAP and is "
         "not a valid unsupervised result. `paper_*`: MMT_SPEC's ResNet-50 numbers on the real datasets.\n\n"
-        + to_markdown(table) + "\n"
+        + to_markdown(table) + "\n",
     )
-    md_tmp.replace(md)
     if len(table):
         for value in ("mAP", "top1"):
             save_figure(plot_results_bars(table, value=value), profile_dir / "figures" / f"results_{value}.png")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +32,11 @@ def test_unknown_task_is_refused_by_name():
         calibrate.calibration_cells("smoke", ["market2viper"])
 
 
+def test_a_repeated_task_is_refused():
+    with pytest.raises(ValueError, match="distinct"):
+        calibrate.calibration_cells("smoke", ["duke2market", "duke2market"])
+
+
 def summary(cell, target, mAP, nmi=None, task="duke2market"):
     s = {"cell": cell, "task": task, "source": "s", "target": target, "mAP": mAP, "top1": mAP}
     if nmi is not None:
@@ -37,9 +45,10 @@ def summary(cell, target, mAP, nmi=None, task="duke2market"):
 
 
 def test_table_checks_every_band_at_its_edges():
+    """Bands are ``low <= x < high``, as the issue words them: "at least 80", "below 0.85"."""
     summaries = [
-        summary("direct/a", "t1", 0.45, 0.849, task="a"),
-        summary("direct/b", "t2", 0.46, 0.5, task="b"),
+        summary("direct/a", "t1", 0.449, 0.849, task="a"),
+        summary("direct/b", "t2", 0.45, 0.5, task="b"),
         summary("direct/c", "t1", 0.15, 0.85, task="c"),
         summary("direct/d", "t1", 0.149, 0.2, task="d"),
         summary("supervised/t1", "t1", 0.80),
@@ -50,11 +59,45 @@ def test_table_checks_every_band_at_its_edges():
     assert list(table["supervised_mAP"]) == [0.80, 0.799, 0.80, 0.80]
     assert list(table["supervised_mAP_ok"]) == [True, False, True, True]
     assert list(table["direct_mAP_ok"]) == [True, False, True, False]
-    assert list(table["kmeans_nmi_ok"]) == [True, True, True, True]
-    assert list(table["calibrated"]) == [True, False, True, False]
+    assert list(table["kmeans_nmi_ok"]) == [True, True, False, True]
+    assert list(table["calibrated"]) == [True, False, False, False]
     md = calibrate.to_markdown(table)
-    assert "supervised_mAP (>= 80)" in md and "direct_mAP (15–45)" in md and "kmeans_nmi (< 0.85)" in md
-    assert "79.9 ✗" in md and "0.849 ✓" in md
+    assert "supervised_mAP (≥ 80)" in md and "direct_mAP (15 ≤ x < 45)" in md and "kmeans_nmi (< 0.85)" in md
+    assert "79.9 ✗" in md and "0.849 ✓" in md and "0.850 ✗" in md and "45.0 ✗" in md
+
+
+def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch, tmp_path, capsys):
+    calls = []
+
+    def fake_calibrate(profile, tasks, seed, out, jobs, data_root):
+        calls.append(out)
+        nmi = 0.9 if tasks == ["duke2market"] else 0.5
+        return calibrate.calibration_table([summary("direct/a", "t", 0.3, nmi), summary("supervised/t", "t", 0.9)])
+
+    monkeypatch.setattr(calibrate, "calibrate", fake_calibrate)
+    assert calibrate.main(["--profile", "smoke", "--tasks", "duke2market"]) == calibrate.EXIT_OUT_OF_BAND
+    assert calibrate.main(["--profile", "smoke", "--tasks", "market2duke", "--out", str(tmp_path)]) == 0
+    assert calls == [calibrate.default_out_dir("smoke"), tmp_path]
+    assert "0.900 ✗" in capsys.readouterr().out
+
+
+def test_a_failing_cell_leaves_no_folder_and_sweeps_dead_temps(monkeypatch, tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    leftover = tmp_path / "direct" / f".duke2market.tmp-{dead.pid}-0badc0de"
+    leftover.mkdir(parents=True)
+    (leftover / "model.pt").write_bytes(b"half")
+
+    def failing_pretrain(cfg, out_dir, resume):
+        Path(out_dir).mkdir(parents=True)
+        (Path(out_dir) / "stage1.pt").write_bytes(b"partial")
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(calibrate, "pretrain", failing_pretrain)
+    cell = calibrate.calibration_cells("smoke", ["duke2market"], data_root=str(tmp_path / "data"))[0]
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        calibrate.run_cell(cell, tmp_path)
+    assert list((tmp_path / "direct").iterdir()) == []
 
 
 def test_table_refuses_a_target_without_its_supervised_run():
@@ -75,6 +118,9 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     assert on_disk.loc[0, "direct_mAP"] == pytest.approx(row["direct_mAP"], abs=1e-4)
     assert "duke2market" in (out / "calibration.md").read_text()
     assert not list(out.rglob(".*tmp*"))
+    record = json.loads((out / "calibration.json").read_text())
+    assert (record["profile"], record["seed"]) == ("smoke", 1)
+    assert [r["cell"] for r in record["runs"]] == ["direct/duke2market", "supervised/synth-market"]
 
     # Each number is what the run folders say: the direct run's target mAP, the supervised run's
     # mAP on its own test split, and the NMI recomputed from the direct run's stored k-means summary.

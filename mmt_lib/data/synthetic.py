@@ -48,13 +48,14 @@ import hashlib
 import json
 import os
 import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+from mmt_lib.checkpoints import remove_dead_temps, temp_token
 
 from .synthetic_render import (
     OUT_H,
@@ -263,17 +264,6 @@ def _is_complete(folder: Path, expected_hash: str) -> bool:
         return False
 
 
-def _remove_dead_temps(root: Path, folder_name: str) -> None:
-    """Delete temp folders of this domain left by killed runs (their process id no longer exists)."""
-    for path in root.glob(f".{folder_name}.*-*-*"):
-        try:
-            os.kill(int(path.name.split("-")[-2]), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except (ValueError, OverflowError, PermissionError):
-            continue
-
-
 def ensure_domain(name: str, root: str | Path, size: str = "default", seed: int = 0,
                   progress: bool = True) -> Path:
     """Return `<root>/<name>-<size>-seed<seed>`, generating it first unless a complete, matching copy exists.
@@ -294,8 +284,8 @@ def ensure_domain(name: str, root: str | Path, size: str = "default", seed: int 
     if _is_complete(folder, expected):
         return folder
     root.mkdir(parents=True, exist_ok=True)
-    _remove_dead_temps(root, folder_name)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    remove_dead_temps(root, folder_name)
+    token = temp_token()
     temp = root / f".{folder_name}.tmp-{token}"
     try:
         _write_domain(temp, name, size, seed, progress)
