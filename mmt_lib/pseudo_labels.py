@@ -17,7 +17,6 @@ from sklearn.cluster import DBSCAN
 from mmt_lib.evaluate import check_features
 from mmt_lib.rerank import (
     jaccard_block,
-    jaccard_rows_per_block,
     k_reciprocal_encoding,
     nearest_neighbours,
     query_expansion,
@@ -38,8 +37,8 @@ def jaccard_distance(features: torch.Tensor | np.ndarray, k1: int = 20, k2: int 
     """k-reciprocal Jaccard distances as CSR: every pair below 1 stored, diagonal stored as 0.
 
     Same values as the dense textbook algorithm (conventions in ``rerank``); a pair that is not
-    stored is at distance exactly 1. Working memory is O(N k1 k2) for the encoding plus one 64 MB
-    block; the result itself holds every pair that shares a k-reciprocal member (a few thousand
+    stored is at distance exactly 1. Working memory is O(N k1 k2) for the encoding plus one
+    float64 row of N per thread; the result itself holds every pair that shares a k-reciprocal member (a few thousand
     per row on Market-sized synthetic data, against N per row for the dense matrix).
     """
     x = check_features(features, "features")
@@ -52,38 +51,7 @@ def jaccard_distance(features: torch.Tensor | np.ndarray, k1: int = 20, k2: int 
     v = query_expansion(k_reciprocal_encoding(x, neighbours, k1), neighbours, k2)
     v_cols = v.tocsc()
     v_cols.sort_indices()
-    step = jaccard_rows_per_block(n)
-    data, indices, row_sizes = [], [], []
-    for s in range(0, n, step):
-        block = jaccard_block(v, v_cols, slice(s, min(s + step, n)))
-        block_data, block_indices, sizes = _zero_diagonal(block, s)
-        data.append(block_data)
-        indices.append(block_indices)
-        row_sizes.append(sizes)
-    indptr = np.concatenate([[0], np.cumsum(np.concatenate(row_sizes))])
-    return sp.csr_matrix((np.concatenate(data), np.concatenate(indices), indptr), shape=(n, n))
-
-
-def _zero_diagonal(block: sp.csr_matrix, first_row: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(data, indices, row sizes) of a block of rows with its diagonal stored as explicit zeros.
-
-    The diagonal is normally stored already (a point shares its own members); a point left without
-    any k-reciprocal neighbour has an empty row and gets its diagonal inserted here.
-    """
-    n_rows = block.shape[0]
-    sizes = np.diff(block.indptr)
-    rows = np.repeat(np.arange(n_rows), sizes)
-    on_diag = rows + first_row == block.indices
-    data = block.data.copy()
-    data[on_diag] = 0.0
-    if on_diag.sum() == n_rows:
-        return data, block.indices, sizes
-    missing = np.setdiff1d(np.arange(n_rows), rows[on_diag])
-    rows = np.concatenate([rows, missing])
-    cols = np.concatenate([block.indices, missing + first_row])
-    data = np.concatenate([data, np.zeros(len(missing), dtype=data.dtype)])
-    order = np.lexsort((cols, rows))
-    return data[order], cols[order].astype(block.indices.dtype), np.bincount(rows, minlength=n_rows)
+    return jaccard_block(v, v_cols, slice(0, n), zero_diagonal=True)
 
 
 def _check_jaccard(jaccard: sp.csr_matrix) -> None:

@@ -34,6 +34,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -183,39 +184,81 @@ def query_expansion(v: sp.csr_matrix, neighbours: Neighbours, k2: int) -> sp.csr
     return out
 
 
-def jaccard_block(v: sp.csr_matrix, v_cols: sp.csc_matrix, rows: slice, columns: slice | None = None) -> sp.csr_matrix:
+def jaccard_block(
+    v: sp.csr_matrix,
+    v_cols: sp.csc_matrix,
+    rows: slice,
+    columns: slice | None = None,
+    zero_diagonal: bool = False,
+) -> sp.csr_matrix:
     """Jaccard distances of `rows` (to `columns`, default all) as CSR, pairs at distance 1 left out.
 
-    Every pair that shares a member k contributes min(V_ik, V_jk): the triplets come from the column
-    index of V (``v_cols``, V in CSC form) and are summed into a dense (rows x columns) accumulator,
-    which is why callers pass blocks of rows.
+    Row i's overlaps m_ij = sum_k min(V_ik, V_jk) are summed over i's members k and, through V's
+    column index (``v_cols``, V in CSC form with sorted indices), over the other rows j sharing k;
+    compiled, rows in parallel on ``torch.get_num_threads()`` threads. With ``zero_diagonal`` the
+    pair (i, i) is stored as an explicit 0 even for a point without any k-reciprocal neighbour.
     """
-    sub = v[rows].tocoo()
     lo, hi = (0, v.shape[1]) if columns is None else (columns.start, columns.stop)
-    counts = np.diff(v_cols.indptr)[sub.col]
-    total = int(counts.sum())
-    first = np.repeat(v_cols.indptr[sub.col] - (np.cumsum(counts) - counts), counts)
-    gather = first + np.arange(total)
-    j = v_cols.indices[gather].astype(np.int64)
-    vals = np.minimum(np.repeat(sub.data, counts), v_cols.data[gather])
-    i = np.repeat(sub.row.astype(np.int64), counts)
-    if columns is not None:
-        inside = (j >= lo) & (j < hi)
-        i, j, vals = i[inside], j[inside] - lo, vals[inside]
-    n_rows, n_cols = sub.shape[0], hi - lo
-    acc = np.bincount(i * n_cols + j, weights=vals, minlength=n_rows * n_cols)
-    flat = np.flatnonzero(acc)
-    m = acc[flat]
-    dist = np.maximum(1.0 - m / (2.0 - m), 0.0).astype(np.float32)
-    keep = dist < 1.0
-    flat, dist = flat[keep], dist[keep]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(flat // n_cols, minlength=n_rows))])
-    return sp.csr_matrix((dist, flat % n_cols, indptr), shape=(n_rows, n_cols))
+    first, last = rows.start or 0, v.shape[0] if rows.stop is None else rows.stop
+    n_rows = last - first
+    args = tuple(a.astype(t, copy=False) for a, t in ((v.indptr, np.int64), (v.indices, np.int64),
+                                                     (v.data, np.float32), (v_cols.indptr, np.int64),
+                                                     (v_cols.indices, np.int64), (v_cols.data, np.float32)))
+    args += (first, n_rows, lo, hi, zero_diagonal)
+    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    _jaccard_rows(*args, indptr, np.empty(0, np.int32), np.empty(0, np.float32), True)
+    np.cumsum(indptr, out=indptr)
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    data = np.empty(int(indptr[-1]), dtype=np.float32)
+    _jaccard_rows(*args, indptr, indices, data, False)
+    return sp.csr_matrix((data, indices, indptr), shape=(n_rows, hi - lo))
 
 
-def jaccard_rows_per_block(n_cols: int) -> int:
-    """Rows per ``jaccard_block`` call so that its dense accumulator stays near 8M entries (64 MB)."""
-    return max(1, (1 << 23) // n_cols)
+_ROWS_PER_TASK = 64
+
+
+@numba.njit(parallel=True, cache=True)
+def _jaccard_rows(v_indptr, v_indices, v_data, c_indptr, c_indices, c_data, first, n_rows, lo, hi,
+                  zero_diagonal, out_indptr, out_indices, out_data, count_only):
+    """Count (``count_only``: into out_indptr[r + 1]) or write row r's stored pairs at out_indptr[r].
+
+    The overlaps are summed in float64 in the order of k, then turned into a float32 distance
+    1 - m / (2 - m) clipped at 0; a pair whose float32 distance is 1 is not stored.
+    """
+    n_cols = hi - lo
+    for task in numba.prange((n_rows + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        acc = np.zeros(n_cols, dtype=np.float64)
+        for r in range(task * _ROWS_PER_TASK, min((task + 1) * _ROWS_PER_TASK, n_rows)):
+            i = first + r
+            for p in range(v_indptr[i], v_indptr[i + 1]):
+                a = v_data[p]
+                k = v_indices[p]
+                for q in range(c_indptr[k], c_indptr[k + 1]):
+                    j = c_indices[q]
+                    if lo <= j < hi:
+                        b = c_data[q]
+                        acc[j - lo] += np.float64(a if a < b else b)
+            pos = 0 if count_only else out_indptr[r]
+            stored = 0
+            diagonal = i - lo if zero_diagonal else -1
+            for j in range(n_cols):
+                m = acc[j]
+                if m == 0.0 and j != diagonal:
+                    continue
+                acc[j] = 0.0
+                if j == diagonal:
+                    dist = np.float32(0.0)
+                else:
+                    dist = np.float32(max(1.0 - m / (2.0 - m), 0.0))
+                    if not dist < 1.0:
+                        continue
+                if not count_only:
+                    out_indices[pos + stored] = j
+                    out_data[pos + stored] = dist
+                stored += 1
+            if count_only:
+                out_indptr[r + 1] = stored
 
 
 def rerank_blocks(

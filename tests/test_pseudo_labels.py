@@ -52,14 +52,19 @@ def test_jaccard_matches_textbook(seed, k1, k2):
 
 
 def test_a_point_without_neighbours_still_gets_its_explicit_zero_diagonal():
-    from mmt_lib.pseudo_labels import _zero_diagonal
+    from mmt_lib.rerank import jaccard_block
 
-    # Rows 1..3 of a matrix: row 1 stores its diagonal, row 2 is empty, row 3 stores (3, 0) and (3, 3).
-    block = sp.csr_matrix((np.array([0.5, 0.1, 0.3], np.float32), [1, 0, 3], [0, 1, 1, 3]), shape=(3, 4))
-    data, indices, sizes = _zero_diagonal(block, first_row=1)
-    np.testing.assert_array_equal(sizes, [1, 1, 2])
-    np.testing.assert_array_equal(indices, [1, 2, 0, 3])
-    np.testing.assert_array_equal(data, np.array([0, 0, 0.1, 0], np.float32))
+    # V of 4 points: 0 and 1 share member 0, 2 has no member at all, 3 shares member 3 with 1.
+    v = sp.csr_matrix(np.array([[1.0, 0, 0, 0], [0.5, 0, 0, 0.5], [0, 0, 0, 0], [0, 0, 0, 1.0]], np.float32))
+    v_cols = v.tocsc()
+    v_cols.sort_indices()
+    block = jaccard_block(v, v_cols, slice(1, 4), zero_diagonal=True)
+    np.testing.assert_array_equal(np.diff(block.indptr), [3, 1, 2])
+    np.testing.assert_array_equal(block.indices, [0, 1, 3, 2, 1, 3])
+    third = 1 - 0.5 / 1.5  # m = 0.5 between a half-weight member and a full one
+    np.testing.assert_allclose(block.data, [third, 0, third, 0, third, 0], rtol=1e-6)
+    without = jaccard_block(v, v_cols, slice(1, 4))
+    assert without[1].nnz == 0 and without[0, 0] == pytest.approx(third)
 
 
 def test_jaccard_rejects_bad_parameters():
