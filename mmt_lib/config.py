@@ -55,9 +55,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """``backbone_seed``: without ``pretrained`` weights, every network's backbone starts from the
+    random weights this seed draws, so that the two Stage I networks still share their starting
+    point as MMT_SPEC's share ImageNet's (the run's own seed draws the classifier, sampling and
+    augmentation). 1 keeps the seed-1 network exactly what it was before the weights were shared."""
+
     arch: str = "resnet50"
     pretrained: str | None = None
     dropout: float = 0.0
+    backbone_seed: int = 1
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Stage I: supervised pre-training on the labelled source domain (MMT_SPEC, "Stage I").
 
-Run twice, with seeds 1 and 2, to get the two networks that MMT trains together. Each iteration also
-forwards a target batch without a loss, so BatchNorm running statistics absorb the target domain.
+Run twice, with seeds 1 and 2, to get the two networks that MMT trains together; both backbones
+start from the same weights (ImageNet's, or without them the random draw of ``model.backbone_seed``).
+Each iteration also forwards a target batch without a loss, so BatchNorm running statistics absorb
+the target domain.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from mmt_lib.engine import (
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.paths import project_path
-from mmt_lib.models import ReidNet, build_model
+from mmt_lib.models import ReidNet, build_model, share_initial_backbone
 from mmt_lib.seeding import seed_everything
 
 CHECKPOINT = "checkpoint.pt"
@@ -54,10 +56,10 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     device = setup_device(cfg.runtime)
     source, target = load_task_datasets(cfg.data)
     seed_everything(cfg.seed)
-    model = prepare_model(
-        build_model(cfg.model.arch, source.num_train_pids, cfg.model.pretrained, cfg.model.dropout),
-        cfg.runtime, device, cfg.data,
-    )
+    net = build_model(cfg.model.arch, source.num_train_pids, cfg.model.pretrained, cfg.model.dropout)
+    if cfg.model.pretrained is None:
+        share_initial_backbone(net, cfg.model.arch, cfg.model.backbone_seed)
+    model = prepare_model(net, cfg.runtime, device, cfg.data)
     optimizer = build_adam(model.parameters(), p.lr, p.weight_decay, cfg.runtime, device)
     history: list[dict[str, Any]] = []
     start_epoch = 0

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from mmt_lib.models import ReidNet, build_model, known_archs
+from mmt_lib.models import ReidNet, build_model, known_archs, share_initial_backbone
 from mmt_lib.models.ibn import IBN
+from mmt_lib.seeding import seed_everything
 
 SMALL_ARCHS = ["cpu_tiny", "cpu_small", "resnet18"]
 UNPICKLED: list[str] = []
@@ -207,3 +208,22 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="weights_only"):
         build_model("cpu_tiny", 10, pretrained=path)
     assert UNPICKLED == []
+
+
+def test_networks_of_different_seeds_share_their_initial_backbone_and_nothing_else() -> None:
+    """MMT_SPEC: the two Stage I networks start from the same weights and differ only by seed."""
+    built = {}
+    for seed in (1, 2):
+        seed_everything(seed)
+        built[seed] = build_model("cpu_tiny", 5)
+    seed_everything(2)
+    shared = build_model("cpu_tiny", 5)
+    state = torch.get_rng_state()
+    share_initial_backbone(shared, "cpu_tiny", seed=1)
+    assert torch.equal(torch.get_rng_state(), state)  # the run's own random stream is untouched
+    for name, value in built[1].backbone.state_dict().items():
+        assert torch.equal(shared.backbone.state_dict()[name], value), name
+        if value.is_floating_point() and value.numel() > 1 and "weight" in name and value.dim() > 1:
+            assert not torch.equal(built[2].backbone.state_dict()[name], value), name
+    assert torch.equal(shared.classifier.weight, built[2].classifier.weight)
+    assert not torch.equal(shared.classifier.weight, built[1].classifier.weight)
