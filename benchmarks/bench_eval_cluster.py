@@ -237,6 +237,9 @@ def run_case(step: str, impl: str, scale: str, tiny: bool) -> dict:
     return out
 
 
+STEPS = ("eval", "rerank", "jaccard", "kmeans")
+
+
 def plan(tiny: bool) -> list[tuple[str, str, str]]:
     if tiny:
         return [(s, i, "tiny") for s in ("eval", "jaccard", "kmeans") for i in ("ours", "reference")] + [
@@ -280,6 +283,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="small sizes, for a smoke check")
+    parser.add_argument("--steps", nargs="+", choices=STEPS, default=list(STEPS), help="only these steps")
     parser.add_argument("--case", nargs=3, metavar=("STEP", "IMPL", "SCALE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -287,7 +291,7 @@ def main() -> None:
         return
     rows = []
     print(f"torch threads: {torch.get_num_threads()}", flush=True)
-    for case in plan(args.tiny):
+    for case in (c for c in plan(args.tiny) if c[0] in args.steps):
         cmd = [sys.executable, __file__, "--case", *case] + (["--tiny"] if args.tiny else [])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
