@@ -15,8 +15,9 @@ each measured by the same Stage I pipeline and network the experiments use (neve
 
 ``CRITERIA`` holds the bands (``low <= x < high``); ``python -m mmt_lib.calibrate`` writes
 ``calibration.csv``, ``calibration.md`` and ``calibration.json`` under ``runs/<profile>/calibration``
-with a pass/fail per number, and exits with status ``EXIT_OUT_OF_BAND`` when any number is outside. The synthetic domains' knobs (``synthetic.DOMAINS``)
-are chosen by these numbers alone, before any Stage II run is looked at.
+with a pass/fail per number, and exits with status ``EXIT_OUT_OF_BAND`` when any number is outside.
+The synthetic domains' knobs (``synthetic.DOMAINS``) are chosen by these numbers alone, before any
+Stage II run is looked at.
 """
 
 from __future__ import annotations

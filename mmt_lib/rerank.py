@@ -198,21 +198,32 @@ def jaccard_block(
     compiled, rows in parallel on ``torch.get_num_threads()`` threads. With ``zero_diagonal`` the
     pair (i, i) is stored as an explicit 0 even for a point without any k-reciprocal neighbour.
     """
-    lo, hi = (0, v.shape[1]) if columns is None else (columns.start, columns.stop)
-    first, last = rows.start or 0, v.shape[0] if rows.stop is None else rows.stop
+    first, last = _contiguous(rows, v.shape[0], "rows")
+    lo, hi = (0, v.shape[1]) if columns is None else _contiguous(columns, v.shape[1], "columns")
+    if v.dtype != np.float32 or v_cols.dtype != np.float32:
+        raise ValueError(f"V must be float32 (as k_reciprocal_encoding makes it), got {v.dtype} and {v_cols.dtype}")
     n_rows = last - first
-    args = tuple(a.astype(t, copy=False) for a, t in ((v.indptr, np.int64), (v.indices, np.int64),
-                                                     (v.data, np.float32), (v_cols.indptr, np.int64),
-                                                     (v_cols.indices, np.int64), (v_cols.data, np.float32)))
-    args += (first, n_rows, lo, hi, zero_diagonal)
+    args = (v.indptr, v.indices, v.data, v_cols.indptr, v_cols.indices, v_cols.data, first, n_rows, lo, hi,
+            zero_diagonal)
+    threads = numba.get_num_threads()
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    indptr = np.zeros(n_rows + 1, dtype=np.int64)
-    _jaccard_rows(*args, indptr, np.empty(0, np.int32), np.empty(0, np.float32), True)
-    np.cumsum(indptr, out=indptr)
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    data = np.empty(int(indptr[-1]), dtype=np.float32)
-    _jaccard_rows(*args, indptr, indices, data, False)
+    try:
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        _jaccard_rows(*args, indptr, np.empty(0, np.int32), np.empty(0, np.float32), True)
+        np.cumsum(indptr, out=indptr)
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        _jaccard_rows(*args, indptr, indices, data, False)
+    finally:
+        numba.set_num_threads(threads)
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, hi - lo))
+
+
+def _contiguous(part: slice, n: int, name: str) -> tuple[int, int]:
+    start, stop, step = part.indices(n)
+    if step != 1 or start >= stop:
+        raise ValueError(f"{name} must be a non-empty slice of 0..{n} with step 1, got {part}")
+    return start, stop
 
 
 _ROWS_PER_TASK = 64

@@ -55,6 +55,29 @@ def jaccard_rows(v: np.ndarray, n_rows: int) -> np.ndarray:
     return np.maximum(jac, 0)
 
 
+def sequential_jaccard(v: np.ndarray, rows: range, columns: range, zero_diagonal: bool):
+    """CSR arrays (indptr, indices, data) of the Jaccard distances of V's `rows` to its `columns`.
+
+    The overlaps are float64 sums taken member by member in increasing order, as the fast version
+    adds them, so the two agree to the bit; pairs whose float32 distance is 1 are left out.
+    """
+    indptr, indices, data = [0], [], []
+    cols = np.array(columns)
+    for i in rows:
+        m = np.zeros(len(cols))
+        for k in np.flatnonzero(v[i]):
+            m += np.minimum(v[i, k], v[cols, k]).astype(np.float64)
+        dist = np.maximum(1.0 - m / (2.0 - m), 0.0).astype(np.float32)
+        keep = dist < 1
+        if zero_diagonal:
+            keep |= cols == i
+            dist[cols == i] = 0
+        indices.extend(np.flatnonzero(keep))
+        data.extend(dist[keep])
+        indptr.append(len(indices))
+    return np.array(indptr), np.array(indices), np.array(data, dtype=np.float32)
+
+
 def textbook_jaccard(dist: np.ndarray, k1: int = 20, k2: int = 6) -> np.ndarray:
     """The dense N x N Jaccard distance from an N x N matrix of squared Euclidean distances."""
     initial_rank = np.argsort(dist, axis=1, kind="stable")

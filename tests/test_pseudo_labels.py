@@ -21,7 +21,7 @@ from mmt_lib.pseudo_labels import (
     kmeans,
     relabel,
 )
-from reference import textbook_eps, textbook_jaccard
+from reference import sequential_jaccard, textbook_eps, textbook_jaccard
 
 
 def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: float = 0.8) -> torch.Tensor:
@@ -65,6 +65,36 @@ def test_a_point_without_neighbours_still_gets_its_explicit_zero_diagonal():
     np.testing.assert_allclose(block.data, [third, 0, third, 0, third, 0], rtol=1e-6)
     without = jaccard_block(v, v_cols, slice(1, 4))
     assert without[1].nnz == 0 and without[0, 0] == pytest.approx(third)
+
+
+@pytest.mark.parametrize("rows,columns,zero_diagonal", [
+    (slice(0, 300), None, True), (slice(70, 201), None, False), (slice(None, 130), slice(100, 300), False),
+    (slice(-40, None), slice(0, 300), True)])
+def test_jaccard_block_is_exact_to_the_bit_on_any_range_of_rows_and_columns(rows, columns, zero_diagonal):
+    from mmt_lib.rerank import jaccard_block, k_reciprocal_encoding, nearest_neighbours, query_expansion
+
+    x = clustered(3, n=300)
+    neighbours = nearest_neighbours(x, 11)
+    v = query_expansion(k_reciprocal_encoding(x, neighbours, 10), neighbours, 4)
+    v_cols = v.tocsc()
+    v_cols.sort_indices()
+    got = jaccard_block(v, v_cols, rows, columns, zero_diagonal=zero_diagonal)
+    want = sequential_jaccard(v.toarray(), range(300)[rows], range(300)[columns or slice(None)], zero_diagonal)
+    for name, g, w in zip(("indptr", "indices", "data"), (got.indptr, got.indices, got.data), want):
+        np.testing.assert_array_equal(g, w, err_msg=name)
+    assert got.nnz > 10 * got.shape[0]  # enough overlaps for the check to mean something
+
+
+def test_jaccard_block_refuses_empty_or_strided_ranges():
+    from mmt_lib.rerank import jaccard_block
+
+    v = sp.csr_matrix(np.eye(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="rows must be a non-empty slice"):
+        jaccard_block(v, v.tocsc(), slice(3, 3))
+    with pytest.raises(ValueError, match="columns must be a non-empty slice"):
+        jaccard_block(v, v.tocsc(), slice(0, 4), slice(0, 4, 2))
+    with pytest.raises(ValueError, match="float32"):
+        jaccard_block(v.astype(np.float64), v.tocsc(), slice(0, 4))
 
 
 def test_jaccard_rejects_bad_parameters():

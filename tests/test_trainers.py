@@ -206,3 +206,33 @@ def test_command_line_trains_and_writes_metrics(stage1, tmp_path):
     assert metrics["variant"] == "baseline" and 0.0 <= metrics["mAP"] <= 1.0
     with pytest.raises(SystemExit):
         train.main(["mmt", *common, "--out", str(tmp_path / "missing")])
+
+
+def test_stage1_networks_of_both_seeds_start_from_one_backbone(tmp_path, monkeypatch):
+    """MMT_SPEC: the Stage I pair differs only by seed; without ImageNet weights they share one draw."""
+
+    class Started(Exception):
+        pass
+
+    starts = []
+
+    def capture(net, *args, **kwargs):
+        starts.append({k: v.clone() for k, v in net.state_dict().items()})
+        raise Started
+
+    monkeypatch.setattr(pretrain, "prepare_model", capture)
+    for seed in (1, 2):
+        with pytest.raises(Started):
+            pretrain.pretrain(smoke_cfg("pretrain", tmp_path / "data", seed=seed), tmp_path / f"pre{seed}")
+    backbone = [k for k in starts[0] if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(starts[0][k], starts[1][k]) for k in backbone)
+    assert not torch.equal(starts[0]["classifier.weight"], starts[1]["classifier.weight"])
+
+
+def test_atomic_writes_give_files_the_mode_open_gives(tmp_path):
+    from mmt_lib.checkpoints import write_text_atomic
+
+    (tmp_path / "plain.txt").write_text("x")
+    write_text_atomic(tmp_path / "atomic.md", "≤ ✓\n")
+    assert (tmp_path / "atomic.md").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
+    assert (tmp_path / "atomic.md").read_text(encoding="utf-8") == "≤ ✓\n"

@@ -39,7 +39,7 @@ def share_initial_backbone(model: ReidNet, arch: str, seed: int) -> ReidNet:
     weights are.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, 0))
+        torch.default_generator.manual_seed(derive_seed(seed, 0))  # the CPU generator only: GPUs untouched
         shared = build_backbone(arch)
     model.backbone.load_state_dict(shared.state_dict())
     return model
