@@ -31,6 +31,7 @@ stable argsort.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
@@ -40,6 +41,11 @@ import scipy.sparse as sp
 import torch
 
 from mmt_lib.evaluate import ArrayLike, check_features, evaluate_distance_blocks, squared_euclidean
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's default OpenMP layer starts a second OpenMP runtime beside torch's, whose idle threads
+    # then slow every torch operation of the process about tenfold; numba's own work queue does not.
+    numba.config.THREADING_LAYER = "workqueue"
 
 _KNN_BLOCK = 2048
 _ROW_CHUNK = 2048

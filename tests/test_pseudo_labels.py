@@ -198,3 +198,17 @@ def test_average_features_renormalises():
     torch.testing.assert_close(out, F.normalize(a + b, dim=1))
     with pytest.raises(ValueError, match="same shape"):
         average_features(a, b[:4])
+
+
+def test_numba_runs_on_its_own_work_queue_not_a_second_openmp_runtime():
+    """numba's OpenMP layer beside torch's slowed every later torch call of a DBSCAN run tenfold."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    code = ("import numba, torch; from mmt_lib.pseudo_labels import jaccard_distance; "
+            "jaccard_distance(torch.randn(60, 8), k1=5, k2=2); print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True)
+    assert out.stdout.strip().splitlines()[-1] == "workqueue"
