@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import shutil
 import tempfile
 import uuid
@@ -25,24 +27,28 @@ _FILE_MODE = 0o666 & ~_umask()
 """What ``open`` would give a new file; mkstemp's 0600 would otherwise survive the rename."""
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
+@contextmanager
+def replacing(path: str | Path) -> Iterator[Path]:
+    """A temporary sibling of ``path`` to write: renamed onto ``path`` if the block ends without an
+    error, deleted otherwise. Missing parent folders are created."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.fchmod(fd, _FILE_MODE)
-    return fd, tmp
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with replacing(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
@@ -67,16 +73,9 @@ def remove_dead_temps(root: Path, folder_name: str) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Save tensors and plain Python values only, so that ``load_checkpoint`` never needs pickle."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -105,13 +104,6 @@ def save_arrays_atomic(path: str | Path, **arrays: Any) -> Path:
     """A compressed ``.npz`` of plain arrays (no pickled objects), written atomically."""
     import numpy as np
 
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with replacing(path) as tmp, open(tmp, "wb") as fh:  # a file object: a path would gain ".npz"
+        np.savez_compressed(fh, **arrays)
+    return Path(path)

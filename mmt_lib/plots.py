@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 from PIL import Image
+
+from mmt_lib.checkpoints import replacing
 
 _OUTLIER_COLOUR = (0.75, 0.75, 0.75)
 
@@ -229,15 +230,8 @@ def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> Pa
     supported = fig.canvas.get_supported_filetypes()
     if fmt not in supported:
         raise ValueError(f"cannot save a figure to {path}: suffix must be one of {sorted(supported)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique sibling name rather than mkstemp, whose 0600 mode would survive the rename.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with replacing(path) as tmp:
         fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return path
 
 

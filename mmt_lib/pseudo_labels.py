@@ -37,9 +37,9 @@ def jaccard_distance(features: torch.Tensor | np.ndarray, k1: int = 20, k2: int 
     """k-reciprocal Jaccard distances as CSR: every pair below 1 stored, diagonal stored as 0.
 
     Same values as the dense textbook algorithm (conventions in ``rerank``); a pair that is not
-    stored is at distance exactly 1. Working memory is O(N k1 k2) for the encoding plus one
-    float64 row of N per thread; the result itself holds every pair that shares a k-reciprocal member (a few thousand
-    per row on Market-sized synthetic data, against N per row for the dense matrix).
+    stored is at distance exactly 1. Working memory is O(N k1 k2) for the encoding plus one float64
+    row of N per thread; the result itself holds every pair that shares a k-reciprocal member (a few
+    thousand per row on Market-sized synthetic data, against N per row for the dense matrix).
     """
     x = check_features(features, "features")
     n = x.shape[0]
