@@ -31,25 +31,18 @@ stable argsort.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
-import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmt_lib.compiled import numba, torch_threads
 from mmt_lib.evaluate import ArrayLike, check_features, evaluate_distance_blocks, squared_euclidean
-
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # numba's default OpenMP layer starts a second OpenMP runtime beside torch's, whose idle threads
-    # then slow every torch operation of the process about tenfold; numba's own work queue does not.
-    numba.config.THREADING_LAYER = "workqueue"
 
 _KNN_BLOCK = 2048
 _ROW_CHUNK = 2048
-_PAIR_CHUNK = 1 << 20
 
 
 class Neighbours(NamedTuple):
@@ -121,18 +114,20 @@ def k_reciprocal_encoding(
     if rank.shape[1] < k1 + 1:
         raise ValueError(f"neighbours must hold at least k1 + 1 = {k1 + 1} columns, got {rank.shape[1]}")
     half = int(np.around(k1 / 2.0))
-    sq = (x * x).sum(1)
+    x_np = np.ascontiguousarray(x.cpu().numpy())
+    sq = (x * x).sum(1).cpu().numpy()
     known_d = neighbours.distances[:, : k1 + 1].cpu().numpy()
+    # Half sets of every point: H(c) = R(c, half), as masks over rank[c, :half+1].
+    in_half = _reciprocal_mask(rank, np.arange(n), half + 1)
     scale_np = None if scale is None else scale.double().cpu().numpy()
     out_rows, out_cols, out_vals = [], [], []
     for s in range(0, n, _ROW_CHUNK):
         rows = np.arange(s, min(s + _ROW_CHUNK, n))
         forward = rank[rows, : k1 + 1]  # [c, k1+1]
         in_r = _reciprocal_mask(rank, rows, k1 + 1)  # R(i, k1) as a mask over `forward`
-        # Half sets of every member: H(c) = R(c, half), as masks over rank[c, :half+1].
         cand = forward.reshape(-1)
         cand_half = rank[cand, : half + 1].reshape(len(rows), k1 + 1, half + 1)
-        cand_in_h = _reciprocal_mask(rank, cand, half + 1).reshape(len(rows), k1 + 1, half + 1)
+        cand_in_h = in_half[cand].reshape(len(rows), k1 + 1, half + 1)
         r_members = np.where(in_r, forward, -1)
         in_both = (cand_half[..., None] == r_members[:, None, None, :]).any(axis=3) & cand_in_h
         size_h = cand_in_h.sum(axis=2)
@@ -149,12 +144,8 @@ def k_reciprocal_encoding(
         known = hit.any(axis=1)
         d_np = known_d[i_glob, hit.argmax(axis=1)].astype(np.float64)
         todo = np.flatnonzero(~known)
-        for p in range(0, len(todo), _PAIR_CHUNK):
-            part = todo[p : p + _PAIR_CHUNK]
-            ii = torch.from_numpy(i_glob[part]).to(x.device)
-            jj = torch.from_numpy(j_glob[part]).to(x.device)
-            dots = (x[ii] * x[jj]).sum(1)
-            d_np[part] = (sq[ii] + sq[jj] - 2 * dots).clamp_(min=0).cpu().numpy()
+        with torch_threads():
+            d_np[todo] = _pair_distances(x_np, sq, i_glob[todo], j_glob[todo])
         if scale is not None:
             d_np *= scale_np[i_glob]
         # Softmax of -d within each row (rows are contiguous runs of r_idx).
@@ -171,6 +162,20 @@ def k_reciprocal_encoding(
     return sp.csr_matrix(
         (np.concatenate(out_vals), (rows_all, np.concatenate(out_cols))), shape=(n, n), dtype=np.float32
     )
+
+
+@numba.njit(parallel=True, cache=True)
+def _pair_distances(x, sq, ii, jj):
+    """Squared Euclidean distance of each pair (ii[p], jj[p]) of rows of x, read in place: gathering
+    the rows first (as tensor indexing does) costs more in fresh memory than the products."""
+    out = np.empty(len(ii), dtype=np.float64)
+    for p in numba.prange(len(ii)):
+        a, b = x[ii[p]], x[jj[p]]
+        dot = 0.0
+        for d in range(x.shape[1]):
+            dot += np.float64(a[d]) * np.float64(b[d])
+        out[p] = max(np.float64(sq[ii[p]]) + np.float64(sq[jj[p]]) - 2.0 * dot, 0.0)
+    return out
 
 
 def query_expansion(v: sp.csr_matrix, neighbours: Neighbours, k2: int) -> sp.csr_matrix:
@@ -211,17 +216,13 @@ def jaccard_block(
     n_rows = last - first
     args = (v.indptr, v.indices, v.data, v_cols.indptr, v_cols.indices, v_cols.data, first, n_rows, lo, hi,
             zero_diagonal)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    try:
+    with torch_threads():
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         _jaccard_rows(*args, indptr, np.empty(0, np.int32), np.empty(0, np.float32), True)
         np.cumsum(indptr, out=indptr)
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
         data = np.empty(int(indptr[-1]), dtype=np.float32)
         _jaccard_rows(*args, indptr, indices, data, False)
-    finally:
-        numba.set_num_threads(threads)
     return sp.csr_matrix((data, indices, indptr), shape=(n_rows, hi - lo))
 
 

@@ -26,7 +26,7 @@ def test_eval_cluster_benchmark_agrees_with_its_references():
     for step in ("eval", "jaccard"):
         row = table_row(out, f"{step} | tiny")
         assert row[7] == row[8] and row[7], f"{step}: ours {row[7]!r} vs reference {row[8]!r}"
-        assert "of which" in row[2]
+        assert "of which" in row[2] and "+ load" in row[2]
     ours, ref = (float(re.search(r"inertia ([\d.]+)", cell).group(1)) for cell in table_row(out, "kmeans | tiny")[7:9])
     assert abs(ours - ref) / ref < 0.05
     assert "mAP" in table_row(out, "rerank | tiny")[7]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import average_precision_score
 
-from mmt_lib.evaluate import evaluate_distance_blocks, evaluate_features, extract_features, squared_euclidean
+from mmt_lib.evaluate import _rank_statistics_compiled, _rank_statistics_tensors, evaluate_distance_blocks, evaluate_features, extract_features, squared_euclidean
 from mmt_lib.rerank import evaluate_reranked, rerank_blocks
 from reference import textbook_rerank
 
@@ -157,6 +157,26 @@ def test_any_distance_signs_and_ties_in_blocks_match_the_reference_loop():
     d[d == 0] = -0.0
     blocks = [(s, torch.from_numpy(d[s : s + 7])) for s in range(0, len(qp), 7)]
     assert_same(evaluate_distance_blocks(blocks, qp, gp, qc, gc), reference_metrics(d, qp, gp, qc, gc))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_compiled_cpu_ranking_equals_the_tensor_ranking_the_gpu_runs(seed):
+    """The CPU's compiled loop and the GPU's tensor operations must give the same numbers, ties included."""
+    rng = np.random.default_rng(seed)
+    n_q, n_g = 50, 400
+    qp, gp = rng.integers(0, 12, n_q), rng.integers(0, 10, n_g)  # queries of identities 10, 11 have no match
+    qc, gc = rng.integers(0, 2, n_q), rng.integers(0, 2, n_g)  # many same-identity-same-camera junk entries
+    tied = rng.integers(-3, 4, size=(n_q, n_g)).astype(np.float32) / 2
+    tied[tied == 0] = -0.0
+    for dist in (torch.from_numpy(tied), torch.rand(n_q, n_g)):
+        ids = [torch.from_numpy(x) for x in (qp, gp, qc, gc)]
+        compiled = _rank_statistics_compiled(dist, *ids)
+        tensors = _rank_statistics_tensors(dist, *ids)
+        assert torch.equal(compiled[3], tensors[3]) and 0 < int(compiled[3].sum()) < n_q
+        valid = compiled[3]
+        torch.testing.assert_close(compiled[0][valid], tensors[0][valid], rtol=0, atol=1e-12)
+        assert torch.equal(compiled[1][valid], tensors[1][valid])
+        torch.testing.assert_close(compiled[2][valid], tensors[2][valid], rtol=0, atol=1e-12)
 
 
 class _Embed(torch.nn.Module):
