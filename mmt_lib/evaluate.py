@@ -23,7 +23,9 @@ from tqdm.auto import tqdm
 from mmt_lib.compiled import numba, torch_threads
 
 ArrayLike = np.ndarray | torch.Tensor
-_BLOCK_ELEMENTS = 1 << 26  # query x gallery entries scored at once (256 MB of distances)
+_BLOCK_ELEMENTS = {"cpu": 1 << 26, "other": 1 << 24}
+"""query x gallery entries scored at once: 256 MB of distances on the CPU, whose compiled ranking
+makes no temporaries; 64 MB elsewhere, where the tensor ranking makes about 14 bytes per entry."""
 
 
 def squared_euclidean(a: ArrayLike, b: ArrayLike, b_sq: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,21 +110,22 @@ def _rank_statistics(
 def _rank_statistics_compiled(
     dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_rank_statistics`` on the CPU: numpy views of the block handed to the compiled ``_rank_rows``."""
     c = dist.shape[0]
     ap, inp = np.zeros(c), np.zeros(c)
     first = np.zeros(c, dtype=np.int64)
     valid = np.zeros(c, dtype=np.bool_)
     as_np = [t.contiguous().numpy() for t in (q_pids, g_pids, q_cams, g_cams)]
     with torch_threads():
-        _rank_rows(dist.float().contiguous().numpy(), *as_np, ap, first, inp, valid)
+        _rank_rows(dist.detach().float().contiguous().numpy(), *as_np, ap, first, inp, valid)
     return torch.from_numpy(ap), torch.from_numpy(first), torch.from_numpy(inp), torch.from_numpy(valid)
 
 
 @numba.njit(parallel=True, cache=True)
 def _rank_rows(dist, q_pids, g_pids, q_cams, g_cams, ap, first, inp, valid):
-    """Row i's true-match distances are sorted; each wrong match closer than the last one is placed
-    among them by binary search into hist[b] (b true matches strictly closer), and AP, the first
-    rank and INP follow from the cumulative counts, with the tie rules of ``_rank_statistics_tensors``."""
+    """Row i's true-match distances are sorted; each wrong match at a distance <= the last one is
+    placed among them by binary search into hist[b] (b true matches strictly closer), and AP, the
+    first rank and INP follow from the cumulative counts, with the tie rules of the module docstring."""
     n_g = dist.shape[1]
     for i in numba.prange(dist.shape[0]):
         pid, cam = q_pids[i], q_cams[i]
@@ -153,14 +156,15 @@ def _rank_rows(dist, q_pids, g_pids, q_cams, g_cams, ap, first, inp, valid):
                 else:
                     lo = mid + 1
             hist[lo] += 1
+        tie_end = np.empty(n_pos, dtype=np.int64)  # true matches at distance <= pos[b], ties included
+        tie_end[n_pos - 1] = n_pos
+        for b in range(n_pos - 2, -1, -1):
+            tie_end[b] = tie_end[b + 1] if pos[b + 1] == pos[b] else b + 1
         total = 0.0
         wrong = 0
         for b in range(n_pos):
             wrong += hist[b]
-            right = b + 1  # true matches at distance <= pos[b], ties included
-            while right < n_pos and pos[right] == pos[b]:
-                right += 1
-            total += right / (right + wrong)
+            total += tie_end[b] / (tie_end[b] + wrong)
             if b == 0:
                 first[i] = wrong
         ap[i] = total / n_pos
@@ -171,6 +175,8 @@ def _rank_rows(dist, q_pids, g_pids, q_cams, g_cams, ap, first, inp, valid):
 def _rank_statistics_tensors(
     dist: torch.Tensor, q_pids: torch.Tensor, g_pids: torch.Tensor, q_cams: torch.Tensor, g_cams: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_rank_statistics`` as whole-block tensor operations: true-match distances sorted per row, every
+    other entry bucketed among them by ``searchsorted``, counts accumulated by ``scatter_add_``."""
     dist = dist.float()  # the sorted true-match table below is float32: compare like with like
     c = dist.shape[0]
     same_id = q_pids[:, None] == g_pids[None, :]
@@ -192,8 +198,8 @@ def _rank_statistics_tensors(
     sorted_pos = torch.full((c, p_max), float("inf"), device=dist.device)
     sorted_pos[rows, slot] = pos_d
     # Wrong matches: bucket b = number of true matches strictly closer; it counts for true match j iff b <= j.
-    neg_d = dist.masked_fill(same_id, float("inf"))
-    bucket = torch.searchsorted(sorted_pos, neg_d, side="left")
+    # Same-identity entries go to bucket p_max, which counts for none.
+    bucket = torch.searchsorted(sorted_pos, dist, side="left").masked_fill_(same_id, p_max)
     hist = torch.zeros((c, p_max + 1), dtype=torch.long, device=dist.device)
     hist.scatter_add_(1, bucket, torch.ones((1, 1), dtype=torch.long, device=dist.device).expand_as(bucket))
     neg_before = hist[:, :p_max].cumsum(1)  # wrong matches at distance <= each true match
@@ -217,7 +223,8 @@ def evaluate_distance_blocks(
 ) -> dict:
     """Metrics from query x gallery distances given block by block as (first query row, [c, G]).
 
-    The blocks must cover every query once; any distance works (re-ranked ones included).
+    The blocks must cover every query once; any distance works (re-ranked ones included, +-inf
+    too), but not NaN, which has no place in a ranking.
     """
     _check_topk(topk)
     aps, firsts, inps, valids = [], [], [], []
@@ -235,6 +242,8 @@ def evaluate_distance_blocks(
                 _ids(gallery_cams, n_g, "gallery_cams", dev),
             )
         qp, gp, qc, gc = ids
+        if torch.isnan(dist.sum()) and torch.isnan(dist).any():  # the sum is NaN whenever an entry is
+            raise ValueError(f"the distance block of query rows {start}..{end - 1} contains NaN")
         ap, first, inp, valid = _rank_statistics(dist, qp[start:end], gp, qc[start:end], gc)
         covered += end - start
         aps.append(ap[valid].cpu())
@@ -273,7 +282,8 @@ def evaluate_features(
     """mAP, mINP and CMC ({k: value}) as fractions in [0, 1], plus num_valid_queries.
 
     Runs on the device of `query_feats` (numpy means CPU), `chunk_size` queries at a time (default:
-    about 64M query x gallery entries per block), so memory is bounded whatever the gallery size.
+    about 64M query x gallery entries per block on the CPU, 16M elsewhere), so memory is bounded
+    whatever the gallery size.
     """
     q = check_features(query_feats, "query_feats")
     g = check_features(gallery_feats, "gallery_feats", q.device)
@@ -288,12 +298,13 @@ def distance_blocks(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(first query row, squared distances [c, G]) for `chunk_size` queries at a time.
 
-    The default block holds about 64M query x gallery entries, so memory stays bounded whatever
-    the gallery size.
+    The default block holds about 64M query x gallery entries on the CPU and 16M elsewhere
+    (``_BLOCK_ELEMENTS``), so memory stays bounded whatever the gallery size.
     """
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    step = chunk_size or max(1, _BLOCK_ELEMENTS // g.shape[0])
+    budget = _BLOCK_ELEMENTS["cpu" if q.device.type == "cpu" else "other"]
+    step = chunk_size or max(1, budget // g.shape[0])
     g_sq = (g * g).sum(1)
     for s in range(0, q.shape[0], step):
         yield s, squared_euclidean(q[s : s + step], g, g_sq)

@@ -114,8 +114,7 @@ def k_reciprocal_encoding(
     if rank.shape[1] < k1 + 1:
         raise ValueError(f"neighbours must hold at least k1 + 1 = {k1 + 1} columns, got {rank.shape[1]}")
     half = int(np.around(k1 / 2.0))
-    x_np = np.ascontiguousarray(x.cpu().numpy())
-    sq = (x * x).sum(1).cpu().numpy()
+    x_np = np.ascontiguousarray(x.cpu().numpy())  # the sets are built on the CPU, features on the GPU too
     known_d = neighbours.distances[:, : k1 + 1].cpu().numpy()
     # Half sets of every point: H(c) = R(c, half), as masks over rank[c, :half+1].
     in_half = _reciprocal_mask(rank, np.arange(n), half + 1)
@@ -145,7 +144,7 @@ def k_reciprocal_encoding(
         d_np = known_d[i_glob, hit.argmax(axis=1)].astype(np.float64)
         todo = np.flatnonzero(~known)
         with torch_threads():
-            d_np[todo] = _pair_distances(x_np, sq, i_glob[todo], j_glob[todo])
+            d_np[todo] = _pair_distances(x_np, i_glob[todo], j_glob[todo])
         if scale is not None:
             d_np *= scale_np[i_glob]
         # Softmax of -d within each row (rows are contiguous runs of r_idx).
@@ -165,16 +164,17 @@ def k_reciprocal_encoding(
 
 
 @numba.njit(parallel=True, cache=True)
-def _pair_distances(x, sq, ii, jj):
-    """Squared Euclidean distance of each pair (ii[p], jj[p]) of rows of x, read in place: gathering
-    the rows first (as tensor indexing does) costs more in fresh memory than the products."""
+def _pair_distances(x, ii, jj):
+    """Squared Euclidean distance of each pair (ii[p], jj[p]) of rows of x, in float64, read in place:
+    gathering the rows first (as tensor indexing does) costs more in fresh memory than the sums."""
     out = np.empty(len(ii), dtype=np.float64)
     for p in numba.prange(len(ii)):
         a, b = x[ii[p]], x[jj[p]]
-        dot = 0.0
+        total = 0.0
         for d in range(x.shape[1]):
-            dot += np.float64(a[d]) * np.float64(b[d])
-        out[p] = max(np.float64(sq[ii[p]]) + np.float64(sq[jj[p]]) - 2.0 * dot, 0.0)
+            diff = np.float64(a[d]) - np.float64(b[d])
+            total += diff * diff
+        out[p] = total
     return out
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -177,6 +180,43 @@ def test_compiled_cpu_ranking_equals_the_tensor_ranking_the_gpu_runs(seed):
         torch.testing.assert_close(compiled[0][valid], tensors[0][valid], rtol=0, atol=1e-12)
         assert torch.equal(compiled[1][valid], tensors[1][valid])
         torch.testing.assert_close(compiled[2][valid], tensors[2][valid], rtol=0, atol=1e-12)
+
+
+def test_infinite_distances_rank_last_and_nan_is_refused():
+    """A true match at +inf still counts, ignored same-camera entries never do; NaN has no rank."""
+    gp, gc = np.array([0, 0, 0, 1]), np.array([1, 1, 0, 1])  # gallery entry 2 shares the query's camera
+    qp, qc = np.array([0]), np.array([0])
+    d = np.array([[1.0, np.inf, 0.5, 2.0]], dtype=np.float32)
+    # Ranked: true (1.0), wrong (2.0), true (inf): AP = (1/1 + 2/3) / 2, INP = 2/3.
+    expected = {"mAP": 5 / 6, "mINP": 2 / 3, "cmc": {1: 1.0, 5: 1.0, 10: 1.0}, "num_valid_queries": 1}
+    assert_same(evaluate_distance_blocks([(0, torch.from_numpy(d))], qp, gp, qc, gc), expected)
+    ids = [torch.from_numpy(x) for x in (qp, gp, qc, gc)]
+    ap, first, inp, _ = _rank_statistics_tensors(torch.from_numpy(d), *ids)
+    assert (float(ap[0]), int(first[0]), float(inp[0])) == pytest.approx((5 / 6, 0, 2 / 3))
+    d[0, 3] = np.nan
+    with pytest.raises(ValueError, match="query rows 0..0 contains NaN"):
+        evaluate_distance_blocks([(0, torch.from_numpy(d))], qp, gp, qc, gc)
+
+
+def test_distance_blocks_that_require_grad_are_evaluated():
+    qf, gf, qp, gp, qc, gc = random_split(5)
+    d = squared_euclidean(qf, gf)
+    expected = evaluate_distance_blocks([(0, d)], qp, gp, qc, gc)
+    assert_same(evaluate_distance_blocks([(0, d.clone().requires_grad_())], qp, gp, qc, gc), expected)
+
+
+def test_two_threads_may_evaluate_at_once():
+    """numba's work queue aborts the whole process when two threads enter it together."""
+    code = (
+        "import threading, torch; from mmt_lib.evaluate import evaluate_features\n"
+        "q, g = torch.randn(40, 8), torch.randn(300, 8)\n"
+        "qp, gp, qc, gc = torch.randint(5, (40,)), torch.randint(5, (300,)), torch.randint(2, (40,)), torch.randint(2, (300,))\n"
+        "run = lambda: [evaluate_features(q, g, qp, gp, qc, gc, chunk_size=4) for _ in range(30)]\n"
+        "threads = [threading.Thread(target=run) for _ in range(3)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]; print('done')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
 
 
 class _Embed(torch.nn.Module):
