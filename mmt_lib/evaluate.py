@@ -87,6 +87,15 @@ def check_features(x: ArrayLike, name: str, device: torch.device | None = None) 
     return t
 
 
+def check_query_gallery(query_feats: ArrayLike, gallery_feats: ArrayLike) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both feature sets as finite float32 tensors on the query's device, of one dimension, or a ValueError."""
+    q = check_features(query_feats, "query_feats")
+    g = check_features(gallery_feats, "gallery_feats", q.device)
+    if q.shape[1] != g.shape[1]:
+        raise ValueError(f"query_feats and gallery_feats differ in dimension: {q.shape[1]} vs {g.shape[1]}")
+    return q, g
+
+
 def _ids(x: ArrayLike, n: int, name: str, device: torch.device) -> torch.Tensor:
     t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
     if t.shape != (n,) or t.is_floating_point():
@@ -285,10 +294,7 @@ def evaluate_features(
     about 64M query x gallery entries per block on the CPU, 16M elsewhere), so memory is bounded
     whatever the gallery size.
     """
-    q = check_features(query_feats, "query_feats")
-    g = check_features(gallery_feats, "gallery_feats", q.device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_feats and gallery_feats differ in dimension: {q.shape[1]} vs {g.shape[1]}")
+    q, g = check_query_gallery(query_feats, gallery_feats)
     blocks = distance_blocks(q, g, chunk_size)
     return evaluate_distance_blocks(blocks, query_pids, gallery_pids, query_cams, gallery_cams, topk)
 

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import torch
 
 from mmt_lib.compiled import numba, torch_threads
-from mmt_lib.evaluate import ArrayLike, check_features, evaluate_distance_blocks, squared_euclidean
+from mmt_lib.evaluate import ArrayLike, check_query_gallery, evaluate_distance_blocks, squared_euclidean
 
 _KNN_BLOCK = 2048
 _ROW_CHUNK = 2048
@@ -333,10 +333,7 @@ def evaluate_reranked(
     chunk_size: int = 256,
 ) -> dict:
     """``evaluate_features``'s metrics after k-reciprocal re-ranking, `chunk_size` queries at a time."""
-    q = check_features(query_feats, "query_feats")
-    g = check_features(gallery_feats, "gallery_feats", q.device)
-    if q.shape[1] != g.shape[1]:
-        raise ValueError(f"query_feats and gallery_feats differ in dimension: {q.shape[1]} vs {g.shape[1]}")
+    q, g = check_query_gallery(query_feats, gallery_feats)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     blocks = rerank_blocks(q, g, k1, k2, lambda_value, chunk_size)
