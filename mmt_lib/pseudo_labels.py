@@ -98,14 +98,20 @@ def dbscan(jaccard: sp.csr_matrix, eps: float, min_samples: int = 4) -> np.ndarr
     """DBSCAN on the sparse Jaccard matrix; labels 0..K-1, outliers -1.
 
     scikit-learn treats stored entries as the only candidate neighbours, which is exact here because
-    every unstored pair is at distance 1 > eps.
+    every unstored pair is at distance 1 > eps. Entries beyond eps (about 99.7% of them on
+    Market-sized data) are dropped first: scikit-learn would copy and sort them all only to filter
+    them out (4.9 s against 0.2 s at N = 12,936). Its sort is stable, so the kept entries reach it
+    in the same order and the labels are the same.
     """
     _check_jaccard(jaccard)
     if not 0.0 < eps < 1.0:
         raise ValueError(f"eps must be in (0, 1) for a sparse Jaccard matrix, got {eps}")
     if min_samples < 1:
         raise ValueError(f"min_samples must be >= 1, got {min_samples}")
-    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(jaccard)
+    close = jaccard.data <= eps
+    indptr = np.concatenate(([0], np.cumsum(close)))[jaccard.indptr]
+    graph = sp.csr_matrix((jaccard.data[close], jaccard.indices[close], indptr), shape=jaccard.shape)
+    labels = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(graph)
     return labels.astype(np.int64)
 
 

@@ -150,6 +150,16 @@ def test_dbscan_on_sparse_equals_dense():
         dbscan(_dense(jac), eps)
 
 
+@pytest.mark.parametrize("rho,min_samples", [(0.02, 4), (0.05, 2), (0.1, 6)])
+def test_dbscan_drops_far_entries_without_changing_labels(rho, min_samples):
+    """Same labels as scikit-learn on the whole sparse matrix, border points included."""
+    jac = jaccard_distance(clustered(5, noise=0.6), k1=10, k2=3)
+    eps = dbscan_eps(jac, rho)
+    assert (jac.data > eps).mean() > 0.5
+    ref = DBSCAN(eps=eps, min_samples=min_samples, metric="precomputed").fit_predict(jac)
+    np.testing.assert_array_equal(dbscan(jac, eps, min_samples=min_samples), ref)
+
+
 def _inertia(x: np.ndarray, labels: np.ndarray, centroids: np.ndarray) -> float:
     return float(((x - centroids[labels]) ** 2).sum())
 
