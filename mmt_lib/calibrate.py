@@ -23,6 +23,7 @@ Stage II run is looked at.
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import shutil
@@ -74,13 +75,19 @@ def calibration_cells(
     tasks: list[str] | None = None,
     seed: int = 1,
     data_root: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[Cell]:
-    """One direct-transfer run per task and one supervised run per distinct target, in that order."""
+    """One direct-transfer run per task and one supervised run per distinct target, in that order.
+
+    ``overrides`` (``config.resolve``'s) change every cell alike: a probe such as a longer Stage I
+    is then measured against all the bands at once, never on the supervised runs alone.
+    """
     tasks = list(config.TASKS) if tasks is None else list(tasks)
     unknown = [t for t in tasks if t not in config.TASKS]
     if unknown or not tasks or len(set(tasks)) != len(tasks):
         raise ValueError(f"calibration tasks must be distinct and among {sorted(config.TASKS)}, got {tasks}")
-    quiet = {"runtime": {"progress": False}}
+    overrides = overrides or {}
+    quiet = {**overrides, "runtime": {**overrides.get("runtime", {}), "progress": False}}
     direct = [config.resolve("pretrain", profile, task=t, seed=seed, data_root=data_root, overrides=quiet)
               for t in tasks]
     targets = list(dict.fromkeys(cfg.data.target for cfg in direct))
@@ -174,14 +181,16 @@ def calibrate(
     jobs: int = 1,
     data_root: str | None = None,
     progress: bool = True,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> pd.DataFrame:
     """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``.
 
-    ``out_dir`` defaults to ``runs/<profile>/calibration``.
+    ``out_dir`` defaults to ``runs/<profile>/calibration``; ``overrides`` apply to every cell and are
+    recorded in ``calibration.json`` and ``calibration.md``.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    cells = calibration_cells(profile, tasks, seed, data_root)
+    cells = calibration_cells(profile, tasks, seed, data_root, overrides)
     out_dir = default_out_dir(profile) if out_dir is None else project_path(out_dir)
     for cfg in {c.cfg.data for c in cells}:  # generate the domains once, before workers race for them
         load_named_dataset(cfg, cfg.source)
@@ -204,9 +213,11 @@ def calibrate(
     summaries = [by_name[cell.name] for cell in cells]
     table = calibration_table(summaries)
     write_text_atomic(out_dir / "calibration.csv", table.to_csv(index=False, float_format="%.4f"))
+    changed = f"Overrides: `{json.dumps(overrides)}`\n\n" if overrides else ""
     write_text_atomic(out_dir / "calibration.md", f"# Calibration: profile {profile}, seed {seed}\n\n"
-                                                  f"{to_markdown(table)}\n")
-    write_json_atomic(out_dir / "calibration.json", {"profile": profile, "seed": seed, "runs": summaries})
+                                                  f"{changed}{to_markdown(table)}\n")
+    write_json_atomic(out_dir / "calibration.json",
+                      {"profile": profile, "seed": seed, "overrides": overrides or {}, "runs": summaries})
     return table
 
 
@@ -218,10 +229,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=None, help="default: runs/<profile>/calibration")
+    parser.add_argument("--overrides", default="{}",
+                        help='JSON applied to every run, e.g. \'{"pretrain": {"epochs": 60, "milestones": [42]}}\'')
     args = parser.parse_args(argv)
+    try:
+        overrides = config.parse_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
     out = default_out_dir(args.profile) if args.out is None else project_path(args.out)
     tic = time.perf_counter()
-    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, args.data_root)
+    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, args.data_root, overrides=overrides)
     print(to_markdown(table))
     print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
           f"-> {out / 'calibration.csv'}")

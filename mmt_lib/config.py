@@ -231,6 +231,17 @@ def _overlay(obj: Any, updates: dict[str, Any], section: str) -> Any:
     return replace(obj, **updates)
 
 
+def parse_overrides(text: str) -> dict[str, dict[str, Any]]:
+    """``--overrides`` of the command lines: a JSON object of sections, ``{"section": {"field": value}}``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--overrides is not valid JSON ({err}): {text}") from err
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise ValueError(f'--overrides must be {{"section": {{"field": value}}}}, got {text}')
+    return value
+
+
 def resolve(
     stage: str = "mmt",
     profile: str = "synthetic",

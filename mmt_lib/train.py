@@ -12,7 +12,6 @@ One process per device: ``torchrun --nproc_per_node=N -m mmt_lib.train ...`` (se
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from mmt_lib import config, distributed
@@ -40,11 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"mmt": {"epochs": 10}}\'')
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
-
+    try:
+        overrides = config.parse_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
     cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
                          seed=args.seed, data=args.data, data_root=args.data_root, source=args.source,
                          target=args.target, arch=args.arch, pretrained=args.imagenet_weights, device=args.device,
-                         overrides=json.loads(args.overrides))
+                         overrides=overrides)
     if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
         print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
               "the paper starts from ImageNet", file=sys.stderr)

@@ -27,6 +27,21 @@ def test_cells_are_one_direct_run_per_task_and_one_supervised_run_per_target():
     assert (direct.data.source, direct.data.target) == ("synth-market", "synth-msmt")
 
 
+def test_overrides_change_every_cell_and_keep_runs_quiet():
+    overrides = {"pretrain": {"epochs": 5}, "runtime": {"device": "cpu"}}
+    cells = calibrate.calibration_cells("smoke", ["duke2market"], overrides=overrides)
+    assert [c.cfg.pretrain.epochs for c in cells] == [5, 5]
+    assert all(c.cfg.runtime.device == "cpu" and not c.cfg.runtime.progress for c in cells)
+    assert overrides == {"pretrain": {"epochs": 5}, "runtime": {"device": "cpu"}}  # the caller's dict untouched
+
+
+@pytest.mark.parametrize("bad", ["{not json", "[1, 2]", '{"pretrain": 3}'])
+def test_main_refuses_malformed_overrides_by_name(bad, capsys):
+    with pytest.raises(SystemExit) as err:
+        calibrate.main(["--profile", "smoke", "--overrides", bad])
+    assert err.value.code == 2 and "--overrides" in capsys.readouterr().err
+
+
 def test_unknown_task_is_refused_by_name():
     with pytest.raises(ValueError, match="market2viper"):
         calibrate.calibration_cells("smoke", ["market2viper"])
@@ -69,15 +84,16 @@ def test_table_checks_every_band_at_its_edges():
 def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_calibrate(profile, tasks, seed, out, jobs, data_root):
-        calls.append(out)
+    def fake_calibrate(profile, tasks, seed, out, jobs, data_root, overrides):
+        calls.append((out, overrides))
         nmi = 0.9 if tasks == ["duke2market"] else 0.5
         return calibrate.calibration_table([summary("direct/a", "t", 0.3, nmi), summary("supervised/t", "t", 0.9)])
 
     monkeypatch.setattr(calibrate, "calibrate", fake_calibrate)
     assert calibrate.main(["--profile", "smoke", "--tasks", "duke2market"]) == calibrate.EXIT_OUT_OF_BAND
-    assert calibrate.main(["--profile", "smoke", "--tasks", "market2duke", "--out", str(tmp_path)]) == 0
-    assert calls == [calibrate.default_out_dir("smoke"), tmp_path]
+    assert calibrate.main(["--profile", "smoke", "--tasks", "market2duke", "--out", str(tmp_path),
+                           "--overrides", '{"pretrain": {"epochs": 60}}']) == 0
+    assert calls == [(calibrate.default_out_dir("smoke"), {}), (tmp_path, {"pretrain": {"epochs": 60}})]
     assert "0.900 ✗" in capsys.readouterr().out
 
 
@@ -108,7 +124,8 @@ def test_table_refuses_a_target_without_its_supervised_run():
 def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     out = tmp_path / "cal"
     table = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=out, jobs=1,
-                                data_root=str(tmp_path / "data"), progress=False)
+                                data_root=str(tmp_path / "data"), progress=False,
+                                overrides={"pretrain": {"epochs": 1}})
     assert len(table) == 1
     row = table.iloc[0]
     for name in ("supervised_mAP", "direct_mAP", "kmeans_nmi"):
@@ -119,7 +136,8 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     assert "duke2market" in (out / "calibration.md").read_text()
     assert not list(out.rglob(".*tmp*"))
     record = json.loads((out / "calibration.json").read_text())
-    assert (record["profile"], record["seed"]) == ("smoke", 1)
+    assert (record["profile"], record["seed"], record["overrides"]) == ("smoke", 1, {"pretrain": {"epochs": 1}})
+    assert '{"pretrain": {"epochs": 1}}' in (out / "calibration.md").read_text()
     assert [r["cell"] for r in record["runs"]] == ["direct/duke2market", "supervised/synth-market"]
 
     # Each number is what the run folders say: the direct run's target mAP, the supervised run's
@@ -136,7 +154,8 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
 
     # The same seed gives the same numbers, also with two worker processes.
     again = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=tmp_path / "cal2", jobs=2,
-                                data_root=str(tmp_path / "data"), progress=False)
+                                data_root=str(tmp_path / "data"), progress=False,
+                                overrides={"pretrain": {"epochs": 1}})
     cols = ["supervised_mAP", "direct_mAP", "kmeans_nmi"]
     np.testing.assert_allclose(again[cols].to_numpy(float), table[cols].to_numpy(float), atol=1e-6)
 
