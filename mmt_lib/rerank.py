@@ -114,7 +114,7 @@ def k_reciprocal_encoding(
     if rank.shape[1] < k1 + 1:
         raise ValueError(f"neighbours must hold at least k1 + 1 = {k1 + 1} columns, got {rank.shape[1]}")
     half = int(np.around(k1 / 2.0))
-    x_np = np.ascontiguousarray(x.cpu().numpy())  # the sets are built on the CPU, features on the GPU too
+    x_np = np.ascontiguousarray(x.detach().cpu().numpy())  # the sets are built on the CPU, features on the GPU too
     known_d = neighbours.distances[:, : k1 + 1].cpu().numpy()
     # Half sets of every point: H(c) = R(c, half), as masks over rank[c, :half+1].
     in_half = _reciprocal_mask(rank, np.arange(n), half + 1)
