@@ -197,7 +197,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     "synthetic": {
         "data": {"synthetic_size": "default", "height": 64, "width": 32, "batch_size": 64},
         "model": {"arch": "cpu_small"},
-        "pretrain": {"epochs": 20, "iters": 40, "lr": 3e-3, "warmup_epochs": 2, "milestones": (14,), "eval_every": 10},
+        "pretrain": {"epochs": 30, "iters": 40, "lr": 3e-3, "warmup_epochs": 2, "milestones": (21,), "eval_every": 15},
         "mmt": {"epochs": 6, "iters": 30, "lr": 3e-3, "save_embeddings": True},
         "cluster_scale": 0.25,
         "data_kind": "synthetic",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import subprocess
@@ -16,7 +17,14 @@ from PIL import Image
 from mmt_lib.data import synthetic
 from mmt_lib.data.registry import load_dataset
 from mmt_lib.data.synthetic import DOMAINS, SIZES, ensure_domain, identity_counts, render_identity_grid
-from mmt_lib.data.synthetic_render import OUT_H, OUT_W
+from mmt_lib.data.synthetic_render import (
+    OUT_H,
+    OUT_W,
+    make_background,
+    make_cameras,
+    render_image,
+    sample_identity,
+)
 
 NAME = re.compile(r"(?P<pid>\d{4})_c(?P<cam>\d+)s1_(?P<frame>\d{6})_00\.jpg")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")
@@ -83,13 +91,16 @@ def test_structure_matches_the_domain_and_size_spec(tiny, name, num_cams):
     per_train = defaultdict(int)
     for pid, _, _ in train:
         per_train[pid] += 1
+    # An identity seen by more cameras than the size's image count gets one image per camera
+    # (two per camera in the test split): the domain's cameras per identity win.
+    min_cams = spec.cams_per_id[0]
     lo, hi = size.train_images
-    assert all(lo <= n <= hi for n in per_train.values())
+    assert all(lo <= n <= max(hi, min_cams) for n in per_train.values())
     per_test = defaultdict(int)
     for pid, _, _ in query + gallery:
         per_test[pid] += pid != 0
     lo, hi = size.test_images
-    assert all(lo <= per_test[pid] <= hi for pid in test_ids)
+    assert all(lo <= per_test[pid] <= max(hi, 2 * min_cams) for pid in test_ids)
 
     query_cams = defaultdict(list)
     for pid, cam, _ in query:
@@ -165,14 +176,29 @@ def _camera_chroma(train: list) -> dict[int, np.ndarray]:
     return {cam: np.mean(values, 0) for cam, values in by_cam.items()}
 
 
+def _cast_spread(name: str, num_cams: int = 12) -> float:
+    """How differently a domain's cameras colour one scene: the same person, background and framing
+    rendered through each camera's colour (cast, gain, saturation); std over cameras of the chroma."""
+    style = DOMAINS[name].style
+    base = dataclasses.replace(make_cameras(style, 1, np.random.default_rng(1))[0], occlusion=0.0)
+    ident, background = sample_identity(style, np.random.default_rng(0)), make_background(base, style)
+    chroma = []
+    for cam in make_cameras(style, num_cams, np.random.default_rng(0)):
+        colour = dataclasses.replace(base, cast=cam.cast, gain=cam.gain, saturation=cam.saturation)
+        rgb = np.asarray(render_image(ident, colour, style, background, np.random.default_rng(2)), np.float32)
+        mean = rgb.reshape(-1, 3).mean(0)
+        chroma.append(mean / mean.mean())
+    return float(np.stack(chroma).std(0).mean())
+
+
 def test_white_balance_and_camera_casts_show_in_the_pixels(tiny):
     """Two domain-gap knobs measured on the images: market is rendered warm and duke cool, and market's
     cameras tint colours far more differently from one another (camera_cast 0.3 vs 0.1)."""
     chroma = {name: _camera_chroma(parse(tiny[name])["bounding_box_train"]) for name in ("synth-market", "synth-duke")}
     warmth = {name: np.mean([c[0] - c[2] for c in cams.values()]) for name, cams in chroma.items()}
     assert warmth["synth-market"] > warmth["synth-duke"] + 0.1, warmth
-    spread = {name: np.stack(list(cams.values())).std(0).mean() for name, cams in chroma.items()}
-    assert spread["synth-market"] > 1.5 * spread["synth-duke"], spread
+    spread = {name: _cast_spread(name) for name in ("synth-market", "synth-duke")}
+    assert spread["synth-market"] > 2 * spread["synth-duke"], spread
     assert DOMAINS["synth-market"].style.camera_cast > DOMAINS["synth-duke"].style.camera_cast
 
 
@@ -188,3 +214,44 @@ def test_generated_domain_loads_through_the_market_parser(tiny):
     dataset = load_dataset("synth-msmt", tiny["synth-msmt"].parent, size="tiny", seed=0, progress=False)
     assert dataset.num_cams == 15
     assert dataset.num_train_pids == identity_counts(DOMAINS["synth-msmt"], SIZES["tiny"])[0]
+
+
+
+def _style(**changes):
+    return dataclasses.replace(DOMAINS["synth-duke"].style, **changes)
+
+
+def _render(style, identity_seed=0, **camera_changes):
+    """One image of one identity; the camera, background and image draws do not depend on the identity."""
+    camera = dataclasses.replace(make_cameras(style, 1, np.random.default_rng(1))[0], occlusion=0.0, **camera_changes)
+    ident = sample_identity(style, np.random.default_rng(identity_seed))
+    image = render_image(ident, camera, style, make_background(camera, style), np.random.default_rng(2))
+    return np.asarray(image, np.float32)
+
+
+def test_a_camera_without_saturation_renders_grey():
+    style = _style(noise=0.0, camera_desaturation=1.0)
+    colour_spread = [np.ptp(_render(style, saturation=s), axis=2).mean() for s in (0.0, 1.0)]
+    assert colour_spread[0] < 1.0 < colour_spread[1] / 10, colour_spread
+    cameras = make_cameras(style, 50, np.random.default_rng(0))
+    assert 0.0 <= min(c.saturation for c in cameras) < 0.1 and max(c.saturation for c in cameras) > 0.9
+    assert {c.saturation for c in make_cameras(_style(camera_desaturation=0.0), 5, np.random.default_rng(0))} == {1.0}
+
+
+def test_tight_crops_cut_off_the_top_of_the_head():
+    """Two people in the same scene: a loose crop (0.65) shows the same background above both heads;
+    a crop tighter than the person (1.2) has the person in its top row."""
+    style = _style(noise=0.0)
+    top_rows = {scale: [_render(style, seed, scale=scale)[:2] for seed in (0, 1)] for scale in (0.65, 1.2)}
+    assert np.array_equal(*top_rows[0.65])
+    assert not np.array_equal(*top_rows[1.2])
+    assert not np.array_equal(_render(style, scale=1.1), _render(style, scale=1.25)), "heights above 1 are clipped"
+
+
+@pytest.mark.parametrize("changes, field", [
+    ({"scale": (0.5, 0.9)}, "scale"), ({"scale": (0.9, 1.4)}, "scale"), ({"scale": (1.0, 0.9)}, "scale"),
+    ({"camera_desaturation": -0.1}, "camera_desaturation"), ({"camera_desaturation": 1.5}, "camera_desaturation"),
+])
+def test_out_of_range_style_knobs_are_refused_by_name(changes, field):
+    with pytest.raises(ValueError, match=f"DomainStyle.{field}"):
+        _style(**changes)

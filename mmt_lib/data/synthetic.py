@@ -15,17 +15,18 @@ What differs between the domains (every knob lives in `DOMAINS` below):
 |----------------------------|-----------------------|--------------------------|---------------------------------|
 | cameras                    | 6                     | 8                        | 15                              |
 | identities (real: train/test) | 751 / 750          | 702 / 1110               | 1041 / 3060                     |
-| cameras per identity       | 2-6                   | 2-5                      | 2-5                             |
+| cameras per identity       | 2-6                   | 5-8                      | 10-15                           |
 | season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 25% neutral, 20% long coats, backpacks | mixed; hues shifted the other way |
 | white balance              | warm (+0.5)           | cool (-0.4)              | neutral                         |
-| per-camera colour cast     | strong (0.3)          | weak (0.1)               | very strong (0.4)               |
+| per-camera colour cast     | strong (0.3)          | weak (0.1)               | strong (0.3)                    |
+| per-camera desaturation    | none                  | up to 35%                | up to 20%                       |
 | illumination gain          | 0.95-1.25             | 0.6-1.25                 | 0.8-1.2                         |
-| person height / crop       | 0.85-0.97             | 0.65-0.85 (loose crops)  | 0.75-0.97                       |
+| person height / crop       | 0.85-0.97             | 1.0-1.2 (tight crops)    | 1.0-1.2 (tight crops)           |
 | scenery (cameras)          | 2/3 street (walls, windows, pavement), 1/3 campus | 2/3 campus (foliage, brick, snow or grass), 1/3 street | street, campus and indoor corridors |
 | texture / sensor noise     | 0.15 / 0.015          | 0.15 / 0.015             | 0.15 / 0.015                    |
 | blur radius / resolution loss | 0.3 px / none      | 0.3 px / none            | 0.3 px / none                   |
-| JPEG quality               | 92                    | 85                       | 80                              |
-| occlusion (mean chance)    | 8%                    | 6%                       | 6%                              |
+| JPEG quality               | 92                    | 85                       | 92                              |
+| occlusion (mean chance)    | 8%                    | 6%                       | 3%                              |
 | gallery distractors (pid 0)| 10% of the gallery    | none                     | none                            |
 
 The values were chosen by `python -m mmt_lib.calibrate` (Stage I numbers only: each target must be
@@ -34,7 +35,9 @@ learnable with its own labels, and transfer to it must be partial); the README r
 Identity counts are the real datasets' scaled by the size's `id_scale` (`SIZES`). Test identities
 are disjoint from train identities; for each test identity one image per camera (at most
 `max_queries` cameras) becomes a query and the rest go to the gallery, and every camera of a test
-identity holds at least two images, so every query has a true match in another camera.
+identity holds at least two images, so every query has a true match in another camera. An
+identity is seen by at least the domain's minimum of cameras per identity, even when that takes
+more images than the size's range (one per camera in training, two per camera in the test split).
 
 Every random draw comes from a generator seeded by (seed, domain, purpose, index): the same seed
 gives byte-identical files. A finished domain folder holds a `.complete` marker with a hash of its
@@ -106,28 +109,31 @@ DOMAINS: dict[str, DomainSpec] = {
         style=DomainStyle(
             dark_clothing=0.35, hue_shift=-0.04, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
             backpack=0.3, temperature=0.5, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.3,
+            camera_desaturation=0.0,
             backgrounds=("street", "street", "campus"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
             jpeg_quality=92, occlusion=0.08, scale=(0.85, 0.97),
         ),
     ),
     "synth-duke": DomainSpec(
-        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(2, 5),
+        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(5, 8),
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.25, hue_shift=0.06, saturation=0.95, lightness=0.0, coat=0.2, summer=0.05,
             backpack=0.45, temperature=-0.4, brightness=(0.6, 1.25), contrast=1.0, camera_cast=0.1,
+            camera_desaturation=0.35,
             backgrounds=("campus", "campus", "street"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
-            jpeg_quality=85, occlusion=0.06, scale=(0.65, 0.85),
+            jpeg_quality=85, occlusion=0.06, scale=(1.0, 1.2),
         ),
     ),
     "synth-msmt": DomainSpec(
-        name="synth-msmt", num_cams=15, real_train_ids=1041, real_test_ids=3060, cams_per_id=(2, 5),
+        name="synth-msmt", num_cams=15, real_train_ids=1041, real_test_ids=3060, cams_per_id=(10, 15),
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.25, hue_shift=-0.08, saturation=1.0, lightness=0.0, coat=0.2, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.4,
+            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.3,
+            camera_desaturation=0.2,
             backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.15, noise=0.015,
-            blur=0.3, downsample=1.0, jpeg_quality=80, occlusion=0.06, scale=(0.75, 0.97),
+            blur=0.3, downsample=1.0, jpeg_quality=92, occlusion=0.03, scale=(1.0, 1.2),
         ),
     ),
 }

@@ -46,6 +46,8 @@ _HUES = (0.0, 0.07, 0.14, 0.33, 0.48, 0.60, 0.75, 0.90)
 _SKINS: tuple[RGB, ...] = ((0.95, 0.80, 0.68), (0.87, 0.68, 0.52), (0.72, 0.52, 0.37), (0.50, 0.34, 0.23))
 _HAIRS: tuple[RGB, ...] = ((0.05, 0.04, 0.04), (0.22, 0.14, 0.08), (0.45, 0.32, 0.18), (0.75, 0.62, 0.40))
 UPPER_PATTERNS = ("plain", "stripes", "checks", "jacket", "logo")
+PERSON_HEIGHT_LIMITS = (0.6, 1.3)
+"""Person height / crop height of any image; above 1 the crop cuts off the head top and the feet."""
 
 
 @dataclass(frozen=True)
@@ -58,12 +60,13 @@ class DomainStyle:
     shorts or a skirt, `backpack` the chance of a backpack.
     Light and scene: `temperature` is the white balance (-1 cool/blue .. +1 warm/orange), `brightness`
     the per-image illumination gain range, `contrast` scales around mid-grey, `camera_cast` how strongly
-    each camera tints colours, `backgrounds` the scene families cameras are drawn from.
+    each camera tints colours, `camera_desaturation` how much colour a camera may lose (each camera keeps
+    1 - camera_desaturation * U(0, 1) of its saturation), `backgrounds` the scene families cameras are drawn from.
     Sensor: `texture` is cloth and scene texture strength, `noise` the Gaussian sensor noise (0-1
     scale), `blur` a Gaussian radius in saved pixels, `downsample` the resolution loss (the saved
     image is shrunk by this factor and enlarged back), `jpeg_quality` the compression.
     Framing: `occlusion` is the mean chance an image is partly occluded, `scale` the range of person
-    height / crop height.
+    height / crop height (above 1: tight crops that cut off the top of the head and the feet).
     """
 
     dark_clothing: float
@@ -77,6 +80,7 @@ class DomainStyle:
     brightness: tuple[float, float]
     contrast: float
     camera_cast: float
+    camera_desaturation: float
     backgrounds: tuple[str, ...]
     texture: float
     noise: float
@@ -95,6 +99,11 @@ class DomainStyle:
             raise ValueError(f"DomainStyle.downsample must be >= 1, got {self.downsample}")
         if not 1 <= self.jpeg_quality <= 95:
             raise ValueError(f"DomainStyle.jpeg_quality must lie in 1..95, got {self.jpeg_quality}")
+        if not 0.0 <= self.camera_desaturation <= 1.0:
+            raise ValueError(f"DomainStyle.camera_desaturation must lie in [0, 1], got {self.camera_desaturation}")
+        low, high = PERSON_HEIGHT_LIMITS
+        if not low <= self.scale[0] <= self.scale[1] <= high:
+            raise ValueError(f"DomainStyle.scale must be an ordered range within {PERSON_HEIGHT_LIMITS}, got {self.scale}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,7 @@ class CameraModel:
     flip: bool
     gain: float
     cast: RGB
+    saturation: float
     background: str
     scene_seed: int
     shift: float
@@ -159,6 +169,7 @@ def make_cameras(style: DomainStyle, num_cams: int, rng: np.random.Generator) ->
             flip=bool(rng.random() < 0.5),
             gain=float(rng.uniform(0.85, 1.15)),
             cast=tuple(float(c) for c in cast / cast.mean()),
+            saturation=float(1.0 - style.camera_desaturation * rng.uniform(0.0, 1.0)),
             background=style.backgrounds[(index - 1) % len(style.backgrounds)],
             scene_seed=int(rng.integers(2**31)),
             shift=float(rng.uniform(-0.08, 0.08)),
@@ -398,7 +409,7 @@ def render_image(ident: Identity | None, camera: CameraModel, style: DomainStyle
     img = background[dy:dy + RENDER_H, dx:dx + RENDER_W].copy()
     img *= np.float32(rng.uniform(0.9, 1.1))
     if ident is not None:
-        person_h = RENDER_H * float(np.clip(camera.scale + rng.normal(0.0, 0.03), 0.6, 1.0))
+        person_h = RENDER_H * float(np.clip(camera.scale + rng.normal(0.0, 0.03), *PERSON_HEIGHT_LIMITS))
         top = (RENDER_H - person_h) * rng.uniform(0.3, 0.9)
         cx = RENDER_W * (0.5 + camera.shift + rng.normal(0.0, 0.04))
         view = camera.view if rng.random() < camera.view_prob else VIEWS[int(rng.integers(len(VIEWS)))]
@@ -412,7 +423,9 @@ def render_image(ident: Identity | None, camera: CameraModel, style: DomainStyle
     warm = style.temperature * 0.18
     light = camera.gain * rng.uniform(*style.brightness) * np.asarray(camera.cast, np.float32)
     light = light * (1.0 + rng.normal(0.0, 0.02, 3)) * np.array([1 + warm, 1.0, 1 - warm], np.float32)
-    img = (img * light.astype(np.float32) - 0.5) * np.float32(style.contrast) + 0.5
+    img = img * light.astype(np.float32)
+    grey = img.mean(axis=2, keepdims=True)
+    img = (grey + np.float32(camera.saturation) * (img - grey) - 0.5) * np.float32(style.contrast) + 0.5
     out = Image.fromarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)).reduce(2)
     if style.downsample > 1.0:
         low = (max(1, round(OUT_W / style.downsample)), max(1, round(OUT_H / style.downsample)))
