@@ -72,7 +72,7 @@ from .synthetic_render import (
     sample_identity,
 )
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 """Bump when rendering changes: cached domains with another version are regenerated."""
 MARKER = ".complete"
 SPLIT_DIRS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}

@@ -60,8 +60,9 @@ class DomainStyle:
     shorts or a skirt, `backpack` the chance of a backpack.
     Light and scene: `temperature` is the white balance (-1 cool/blue .. +1 warm/orange), `brightness`
     the per-image illumination gain range, `contrast` scales around mid-grey, `camera_cast` how strongly
-    each camera tints colours, `camera_desaturation` how much colour a camera may lose (each camera keeps
-    1 - camera_desaturation * U(0, 1) of its saturation), `backgrounds` the scene families cameras are drawn from.
+    each camera tints colours, `camera_desaturation` how much colour a camera may lose (each camera
+    keeps 1 - camera_desaturation * U(0, 1) of its saturation), `backgrounds` the scene families
+    cameras are drawn from.
     Sensor: `texture` is cloth and scene texture strength, `noise` the Gaussian sensor noise (0-1
     scale), `blur` a Gaussian radius in saved pixels, `downsample` the resolution loss (the saved
     image is shrunk by this factor and enlarged back), `jpeg_quality` the compression.
@@ -103,7 +104,8 @@ class DomainStyle:
             raise ValueError(f"DomainStyle.camera_desaturation must lie in [0, 1], got {self.camera_desaturation}")
         low, high = PERSON_HEIGHT_LIMITS
         if not low <= self.scale[0] <= self.scale[1] <= high:
-            raise ValueError(f"DomainStyle.scale must be an ordered range within {PERSON_HEIGHT_LIMITS}, got {self.scale}")
+            raise ValueError(f"DomainStyle.scale must be an ordered range within {PERSON_HEIGHT_LIMITS}, "
+                             f"got {self.scale}")
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,9 @@ class CameraModel:
 
     `view` is the direction most people face in this camera (walking towards, away, or across it),
     `view_prob` how often they do; `flip` mirrors the walking direction; `gain` and `cast` are its
-    exposure and RGB colour cast; `background`/`scene_seed` pick its scenery; `shift`, `shear` and
-    `scale` frame the person (offset from the crop centre, lean, height in the crop); `occlusion`
+    exposure and RGB colour cast, `saturation` the share of colour saturation it keeps;
+    `background`/`scene_seed` pick its scenery; `shift`, `shear` and `scale` frame the person
+    (offset from the crop centre, lean, height in the crop); `occlusion`
     is this camera's chance of a partly hidden person.
     """
 
