@@ -176,6 +176,18 @@ def _camera_chroma(train: list) -> dict[int, np.ndarray]:
     return {cam: np.mean(values, 0) for cam, values in by_cam.items()}
 
 
+def _style(**changes):
+    return dataclasses.replace(DOMAINS["synth-duke"].style, **changes)
+
+
+def _render(style, identity_seed=0, **camera_changes):
+    """One image of one identity; the camera, background and image draws do not depend on the identity."""
+    camera = dataclasses.replace(make_cameras(style, 1, np.random.default_rng(1))[0], occlusion=0.0, **camera_changes)
+    ident = sample_identity(style, np.random.default_rng(identity_seed))
+    image = render_image(ident, camera, style, make_background(camera, style), np.random.default_rng(2))
+    return np.asarray(image, np.float32)
+
+
 def _cast_spread(name: str, num_cams: int = 12) -> float:
     """How differently a domain's cameras colour one scene: the same person, background and framing
     rendered through each camera's colour (cast, gain, saturation); std over cameras of the chroma."""
@@ -210,19 +222,6 @@ def test_generated_domain_loads_through_the_market_parser(tiny):
     dataset = load_dataset("synth-msmt", tiny["synth-msmt"].parent, size="tiny", seed=0, progress=False)
     assert dataset.num_cams == 15
     assert dataset.num_train_pids == identity_counts(DOMAINS["synth-msmt"], SIZES["tiny"])[0]
-
-
-
-def _style(**changes):
-    return dataclasses.replace(DOMAINS["synth-duke"].style, **changes)
-
-
-def _render(style, identity_seed=0, **camera_changes):
-    """One image of one identity; the camera, background and image draws do not depend on the identity."""
-    camera = dataclasses.replace(make_cameras(style, 1, np.random.default_rng(1))[0], occlusion=0.0, **camera_changes)
-    ident = sample_identity(style, np.random.default_rng(identity_seed))
-    image = render_image(ident, camera, style, make_background(camera, style), np.random.default_rng(2))
-    return np.asarray(image, np.float32)
 
 
 def test_a_camera_without_saturation_renders_grey():
