@@ -91,6 +91,9 @@ class MMTConfig:
     then use the current networks, as the baseline and "w/o E[theta]" rows require.
     ``soft_teacher`` says whose predictions supervise a student: the peer's mean net (MMT),
     the student's own mean net, or the peer's current network.
+    ``ema_alpha`` caps the mean teacher's ramp alpha_t = min(1 - 1/(t + 1), ema_alpha), reached at
+    t = 1/(1 - ema_alpha) - 1 (999 for 0.999): a shorter run's mean net is the plain average of
+    every weight since Stage II began, which lags more the longer the run (README, "Why MMT trails").
     """
 
     epochs: int = 40
