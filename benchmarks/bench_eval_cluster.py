@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT))
 
 from mmt_lib.evaluate import distance_blocks, evaluate_features, squared_euclidean  # noqa: E402
 from mmt_lib.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402

@@ -39,13 +39,14 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from mmt_lib import config
+from mmt_lib import config, distributed
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import remove_dead_temps, save_metrics, temp_token, write_json_atomic, write_text_atomic
-from mmt_lib.engine import load_named_dataset, prepare_model, setup_device
-from mmt_lib.mmt import assign_pseudo_labels, embed_target
-from mmt_lib.paths import project_path
-from mmt_lib.pretrain import CHECKPOINT, load_pretrained_network, pretrain
+from mmt_lib.engine import load_named_dataset, prepare_model, resolve_device
+from mmt_lib.mmt import assign_pseudo_labels, embed_target, pseudo_label_seed
+from mmt_lib.paths import from_command_line, project_path
+from mmt_lib.pretrain import pretrain
+from mmt_lib.trainer import CHECKPOINT, load_pretrained_network
 
 CRITERIA: dict[str, tuple[float | None, float | None]] = {
     "supervised_mAP": (0.80, None),
@@ -99,11 +100,12 @@ def calibration_cells(
 
 def first_label_noise(cfg: config.RunConfig, run_dir: str | Path) -> dict[str, float]:
     """Quality of k-means pseudo labels (the task's K) from the Stage I network in ``run_dir``."""
-    device = setup_device(cfg.runtime)
+    device = distributed.init(resolve_device(cfg.runtime.device))
     net = prepare_model(load_pretrained_network(Path(run_dir) / CHECKPOINT, cfg.model.arch), cfg.runtime, device)
     target = load_named_dataset(cfg.data, cfg.data.target)
     features = embed_target([net], target, cfg, device)
-    labels, _ = assign_pseudo_labels(features, replace(cfg.mmt, clustering="kmeans"), cfg.seed, None)
+    labels, _ = assign_pseudo_labels(features, replace(cfg.mmt, clustering="kmeans"),
+                                     pseudo_label_seed(cfg.seed, 0), None)
     return pseudo_label_quality(labels, np.array([pid for _, pid, _ in target.train]))
 
 
@@ -226,9 +228,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
     parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(config.TASKS))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--data-root", default=None, help="relative to the current directory (default: <project>/data)")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--out", default=None, help="default: runs/<profile>/calibration")
+    parser.add_argument("--out", default=None,
+                        help="relative to the current directory (default: <project>/runs/<profile>/calibration)")
     parser.add_argument("--overrides", default="{}",
                         help='JSON applied to every run, e.g. \'{"pretrain": {"epochs": 60, "milestones": [42]}}\'')
     args = parser.parse_args(argv)
@@ -236,9 +239,10 @@ def main(argv: list[str] | None = None) -> int:
         overrides = config.parse_overrides(args.overrides)
     except ValueError as err:
         parser.error(str(err))
-    out = default_out_dir(args.profile) if args.out is None else project_path(args.out)
+    out = default_out_dir(args.profile) if args.out is None else Path(from_command_line(args.out))
     tic = time.perf_counter()
-    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, args.data_root, overrides=overrides)
+    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, from_command_line(args.data_root),
+                      overrides=overrides)
     print(to_markdown(table))
     print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
           f"-> {out / 'calibration.csv'}")

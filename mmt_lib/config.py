@@ -57,7 +57,7 @@ class DataConfig:
 class ModelConfig:
     """``backbone_seed``: without ``pretrained`` weights, every network's backbone starts from the
     random weights this seed draws, so that the two Stage I networks still share their starting
-    point as MMT_SPEC's share ImageNet's (the run's own seed draws the classifier, sampling and
+    point as the paper's share ImageNet's (the run's own seed draws the classifier, sampling and
     augmentation). 1 keeps the seed-1 network exactly what it was before the weights were shared."""
 
     arch: str = "resnet50"
@@ -68,7 +68,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Stage I: supervised training on the source (MMT_SPEC, "Stage I")."""
+    """Stage I: supervised training on the source (the paper's Section 3.1; docs/method.md)."""
 
     epochs: int = 80
     iters: int = 100
@@ -85,7 +85,8 @@ class PretrainConfig:
 
 @dataclass(frozen=True)
 class MMTConfig:
-    """Stage II. Loss weights follow MMT_SPEC's objective; the switches make every Table 2 row.
+    """Stage II. Loss weights follow the paper's overall objective (docs/method.md); the switches make
+    every Table 2 row.
 
     ``mean_teacher=False`` removes the temporal average entirely: pseudo labels and evaluation
     then use the current networks, as the baseline and "w/o E[theta]" rows require.
@@ -93,7 +94,7 @@ class MMTConfig:
     the student's own mean net, or the peer's current network.
     ``ema_alpha`` caps the mean teacher's ramp alpha_t = min(1 - 1/(t + 1), ema_alpha), reached at
     t = 1/(1 - ema_alpha) - 1 (999 for 0.999): a shorter run's mean net is the plain average of
-    every weight since Stage II began, which lags more the longer the run (README, "Why MMT trails").
+    every weight since Stage II began, which lags more the longer the run (docs/findings.md).
     """
 
     epochs: int = 40
@@ -118,7 +119,7 @@ class MMTConfig:
     save_embeddings: bool = False
 
     def term_weights(self) -> dict[str, float]:
-        """The weight of each of the four loss terms (MMT_SPEC's objective)."""
+        """The weight of each of the four loss terms (the paper's overall objective)."""
         return {
             "hard_ce": (1.0 - self.soft_ce_weight) if self.hard_ce else 0.0,
             "hard_triplet": (1.0 - self.soft_tri_weight) if self.hard_triplet else 0.0,

@@ -28,11 +28,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def setup_device(runtime: RuntimeConfig) -> torch.device:
-    """This process's device; under ``torchrun`` also joins the process group (one device per rank)."""
-    return distributed.init(resolve_device(runtime.device))
-
-
 def show_progress(runtime: RuntimeConfig) -> bool:
     """Progress bars on rank 0 only, so that several processes do not garble one terminal."""
     return runtime.progress and distributed.is_main()
@@ -115,7 +110,7 @@ def load_named_dataset(data: DataConfig, name: str) -> ReidDataset:
 def evaluate_model(
     model: nn.Module, dataset: ReidDataset, cfg: RunConfig, device: torch.device, desc: str = "evaluate"
 ) -> dict[str, float]:
-    """mAP, mINP and CMC of ``model`` on the query/gallery split of ``dataset`` (MMT_SPEC protocol)."""
+    """mAP, mINP and CMC of ``model`` on the query/gallery split of ``dataset`` (the paper's protocol, docs/method.md)."""
     samples = dataset.query + dataset.gallery
     loader = build_test_loader(
         ImageDataset(samples, build_test_transform(cfg.data.height, cfg.data.width)),

@@ -5,7 +5,7 @@ scale). A true match's rank only needs how many wrong matches are closer, so eac
 is scored against the whole gallery, the query's few true-match distances are sorted, and every
 wrong match is placed among them by binary search: O(G log P) per query, memory O(block x G).
 
-Protocol (MMT_SPEC): squared Euclidean distance; gallery entries with the query's identity *and*
+Protocol (the paper's, as in docs/method.md): squared Euclidean distance; gallery entries with the query's identity *and*
 camera are ignored; queries left without a true match are skipped. AP is scikit-learn's
 ``average_precision_score`` on the remaining list (ties between distances handled as it does, as
 one group). CMC and mINP count ties against the query: a wrong match at the same distance as a true

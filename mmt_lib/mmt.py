@@ -1,4 +1,4 @@
-"""Stage II: Mutual Mean-Teaching (Algorithm 1 of the paper; MMT_SPEC, "Stage II").
+"""Stage II: Mutual Mean-Teaching (Algorithm 1 of the paper; docs/method.md).
 
 Per epoch:
   1. both mean nets embed the target training set; their features are averaged;
@@ -25,33 +25,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm, trange
+from tqdm.auto import tqdm
 
 from mmt_lib import distributed
 from mmt_lib.analysis import pseudo_label_quality
-from mmt_lib.checkpoints import load_checkpoint, save_arrays_atomic, save_checkpoint
+from mmt_lib.checkpoints import save_arrays_atomic
 from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig
 from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
 from mmt_lib.engine import (
-    autocast, build_adam, check_finite, evaluate_model, load_named_dataset, prepare_model, setup_device,
+    autocast, build_adam, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
     show_progress, training_module, uses_bf16,
 )
 from mmt_lib.evaluate import extract_features
 from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
 from mmt_lib.models import ReidNet
 from mmt_lib.paths import project_path
-from mmt_lib.pretrain import CHECKPOINT as PRETRAIN_CHECKPOINT
-from mmt_lib.pretrain import load_pretrained_network
 from mmt_lib.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
-from mmt_lib.seeding import seed_everything
+from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
 from mmt_lib.teachers import create_mean_teacher, update_mean_teacher
+from mmt_lib.trainer import CHECKPOINT, load_pretrained_network, run_epochs
 
-CHECKPOINT = "checkpoint.pt"
 EMBEDDINGS = "embeddings"
 ORACLE_NOTE = "selected by target-test mAP, which uses target labels: not a valid unsupervised result"
 
@@ -80,6 +77,22 @@ class Networks:
 
     def all(self) -> list[ReidNet]:
         return self.students + self.means
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a Stage II checkpoint holds: every net's weights and the current number of clusters."""
+        return {"num_classes": int(self.students[0].classifier.weight.shape[0]),
+                "students": [net.state_dict() for net in self.students],
+                "means": [net.state_dict() for net in self.means]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put a checkpoint's weights back, classifiers resized to its number of clusters first."""
+        placeholder = torch.zeros(state["num_classes"], self.students[0].feature_dim,
+                                  device=self.students[0].classifier.weight.device)
+        for net, weights in zip(self.all(), state["students"] + state["means"]):
+            net.reset_classifier(placeholder)
+            net.load_state_dict(weights)
+        for net in self.means:
+            net.classifier.weight.requires_grad_(False)
 
 
 # ---------------------------------------------------------------- Algorithm 1, step by step
@@ -230,32 +243,27 @@ def train_mmt(
     """
     out_dir = project_path(out_dir)
     m = cfg.mmt
-    device = setup_device(cfg.runtime)
+    device = distributed.init(resolve_device(cfg.runtime.device))
     target = load_named_dataset(cfg.data, cfg.data.target)
     true_pids = np.array([pid for _, pid, _ in target.train])
     seed_everything(cfg.seed)
     networks = build_networks(cfg, pretrained, device)
-    history: list[dict[str, Any]] = []
-    start_epoch, eps = 0, None
-    if resume and (out_dir / CHECKPOINT).exists():
-        start_epoch, eps, history = _restore(networks, out_dir / CHECKPOINT, cfg, device)
-
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=m.random_erasing)
-    for epoch in trange(start_epoch, m.epochs, desc="MMT epochs", disable=not show_progress(cfg.runtime),
-                        initial=start_epoch, total=m.epochs):
-        seed_everything(cfg.seed, epoch, rank=distributed.rank())
+
+    def run_epoch(epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch}
         tic = time.perf_counter()
         features = embed_target(networks.labelling_nets(), target, cfg, device)
         record["seconds_extract"], tic = time.perf_counter() - tic, time.perf_counter()
-        labels, eps = distributed.on_main(assign_pseudo_labels, features, m, seed=cfg.seed * 1000 + epoch, eps=eps)
+        eps = history[-1]["dbscan_eps"] if history else None
+        labels, record["dbscan_eps"] = distributed.on_main(
+            assign_pseudo_labels, features, m, seed=pseudo_label_seed(cfg.seed, epoch), eps=eps)
         record["seconds_cluster"] = time.perf_counter() - tic
-        record["dbscan_eps"] = eps
         record["pseudo_labels"] = pseudo_label_quality(labels, true_pids)
         if m.save_embeddings and distributed.is_main():
             save_arrays_atomic(out_dir / EMBEDDINGS / f"epoch{epoch:03d}.npz", features=features.numpy(),
                                pseudo_labels=labels, true_pids=true_pids)
-        num_classes = init_classifiers(networks, features, labels, device)
+        init_classifiers(networks, features, labels, device)
         networks.prepare_training(cfg.runtime, device)
         optimizer = build_adam([p for net in networks.students for p in net.parameters() if p.requires_grad],
                                m.lr, m.weight_decay, cfg.runtime, device)
@@ -272,15 +280,18 @@ def train_mmt(
         for i, net in enumerate(networks.labelling_nets(), start=1):
             record[f"net{i}"] = distributed.on_main(evaluate_model, net, target, cfg, device, f"evaluate net {i}")
         record["seconds_eval"] = time.perf_counter() - tic
-        history.append(record)
-        if distributed.is_main():  # one writer; the others have nothing to wait for
-            save_checkpoint(out_dir / CHECKPOINT, {
-                "stage": "mmt", "epoch": epoch, "config_hash": cfg.config_hash(), "num_classes": num_classes,
-                "eps": eps, "history": history,
-                "students": [net.state_dict() for net in networks.students],
-                "means": [net.state_dict() for net in networks.means],
-            })
+        return record
+
+    history = run_epochs(
+        cfg, out_dir, m.epochs, run_epoch, restore=networks.load_state_dict, resume=resume, desc="MMT epochs",
+        snapshot=networks.state_dict,
+    )
     return summarise(history, cfg)
+
+
+def pseudo_label_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s clustering (k-means++ draws), a stream of its own."""
+    return derive_seed(seed, epoch, CLUSTERING_STREAM)
 
 
 def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
@@ -300,7 +311,7 @@ def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
 
 def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
     """Table 2, row 1: the Stage I network applied to the target as it is (no adaptation)."""
-    device = setup_device(cfg.runtime)
+    device = distributed.init(resolve_device(cfg.runtime.device))
     target = load_named_dataset(cfg.data, cfg.data.target)
     net = prepare_model(load_pretrained_network(pretrained, cfg.model.arch), cfg.runtime, device)
     return {
@@ -310,51 +321,12 @@ def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
     }
 
 
-def _restore(networks: Networks, path: Path, cfg: RunConfig, device: torch.device) -> tuple[int, float | None, list]:
-    state = load_checkpoint(path)
-    if state.get("stage") != "mmt" or state.get("config_hash") != cfg.config_hash():
-        raise ValueError(
-            f"{path} was written by a different run (stage {state.get('stage')!r}, hash "
-            f"{state.get('config_hash')}; expected 'mmt', {cfg.config_hash()}): use another out_dir or delete it"
-        )
-    placeholder = torch.zeros(state["num_classes"], networks.students[0].feature_dim, device=device)
-    for net, weights in zip(networks.all(), state["students"] + state["means"]):
-        net.reset_classifier(placeholder)
-        net.load_state_dict(weights)
-    for net in networks.means:
-        net.classifier.weight.requires_grad_(False)
-    return state["epoch"] + 1, state["eps"], state["history"]
-
-
 # ---------------------------------------------------------------- what the notebooks call
 
 
 def run_variant(cfg: RunConfig, out_dir: str | Path, pretrained_dirs: list[str]) -> dict[str, Any]:
     """The run a batch grid cell means: ``direct`` evaluates Stage I network 1, every other variant trains."""
-    checkpoints = [project_path(d) / PRETRAIN_CHECKPOINT for d in pretrained_dirs]
+    checkpoints = [project_path(d) / CHECKPOINT for d in pretrained_dirs]
     if cfg.variant == "direct":
         return evaluate_direct(cfg, checkpoints[0])
     return train_mmt(cfg, project_path(out_dir), tuple(checkpoints))
-
-
-def describe_variant(cfg: RunConfig) -> str:
-    """A Markdown line saying which loss terms are on and who gives the soft labels."""
-    if cfg.variant == "direct":
-        return f"**direct**: the Stage I network evaluated on `{cfg.data.target}`, no adaptation."
-    m = cfg.mmt
-    on = ", ".join(f"{name} x{w:g}" for name, w in m.term_weights().items() if w > 0)
-    teacher = {"peer-mean": "the peer's mean teacher", "own-mean": "the network's own mean teacher",
-               "peer-current": "the peer's current network", "none": "nobody (hard labels only)"}[m.soft_teacher]
-    clusters = f"k-means, K={m.num_clusters}" if m.clustering == "kmeans" else f"DBSCAN on Jaccard (k1={m.k1})"
-    return (f"**{cfg.variant}** on `{cfg.data.source}` → `{cfg.data.target}`: loss terms {on}; soft labels from "
-            f"{teacher}; pseudo labels by {clusters}; mean teachers {'on' if m.mean_teacher else 'off'}.")
-
-
-def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """The reported numbers and, apart, the oracle choice (target labels: not a valid UDA number)."""
-    keys = ["mAP", "mINP", "top1", "top5", "top10"]
-    rows = {metrics["selection"]: [metrics[k] for k in keys]}
-    if "oracle" in metrics:
-        o = metrics["oracle"]
-        rows[f"oracle (epoch {o['epoch']}, {o['network']})"] = [o[k] for k in keys]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=keys)

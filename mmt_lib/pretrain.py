@@ -1,4 +1,4 @@
-"""Stage I: supervised pre-training on the labelled source domain (MMT_SPEC, "Stage I").
+"""Stage I: supervised pre-training on the labelled source domain (the paper's Section 3.1; docs/method.md).
 
 Run twice, with seeds 1 and 2, to get the two networks that MMT trains together; both backbones
 start from the same weights (ImageNet's, or without them the random draw of ``model.backbone_seed``).
@@ -13,26 +13,22 @@ from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import trange
 
 from mmt_lib import distributed
-from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
-    autocast, build_adam, check_finite, evaluate_model, load_task_datasets, prepare_model, setup_device,
-    show_progress, training_module,
+    autocast, build_adam, check_finite, evaluate_model, load_task_datasets, prepare_model, resolve_device,
+    training_module,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
+from mmt_lib.models import build_model, share_initial_backbone
 from mmt_lib.paths import project_path
-from mmt_lib.models import ReidNet, build_model, share_initial_backbone
-from mmt_lib.seeding import seed_everything
-
-CHECKPOINT = "checkpoint.pt"
+from mmt_lib.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
+from mmt_lib.trainer import run_epochs
 
 
 def learning_rate(p: PretrainConfig, epoch: int) -> float:
@@ -48,12 +44,12 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     """Train one source network, checkpointing every epoch; returns the run's metrics.
 
     A run stopped at any point resumes from its last finished epoch and ends with the same
-    metrics as an uninterrupted run, because every epoch reseeds from (seed, epoch). Under
-    ``torchrun`` each process trains on its share of every batch and rank 0 alone writes.
+    metrics as an uninterrupted run (``trainer.run_epochs``). Under ``torchrun`` each process
+    trains on its share of every batch and rank 0 alone writes.
     """
     out_dir = project_path(out_dir)
     p = cfg.pretrain
-    device = setup_device(cfg.runtime)
+    device = distributed.init(resolve_device(cfg.runtime.device))
     source, target = load_task_datasets(cfg.data)
     seed_everything(cfg.seed)
     net = build_model(cfg.model.arch, source.num_train_pids, cfg.model.pretrained, cfg.model.dropout)
@@ -61,21 +57,11 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
         share_initial_backbone(net, cfg.model.arch, cfg.model.backbone_seed)
     model = prepare_model(net, cfg.runtime, device, cfg.data)
     optimizer = build_adam(model.parameters(), p.lr, p.weight_decay, cfg.runtime, device)
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    if resume and (out_dir / CHECKPOINT).exists():
-        state = load_checkpoint(out_dir / CHECKPOINT)
-        _check_same_run(state, cfg, out_dir / CHECKPOINT)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history, start_epoch = state["history"], state["epoch"] + 1
     trained = training_module(model, cfg.runtime, device)
-
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
     source_set, target_set = ImageDataset(source.train, train_tf), ImageDataset(target.train, train_tf)
-    for epoch in trange(start_epoch, p.epochs, desc="Stage I epochs", disable=not show_progress(cfg.runtime),
-                        initial=start_epoch, total=p.epochs):
-        seed_everything(cfg.seed, epoch, rank=distributed.rank())
+
+    def run_epoch(epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(p, epoch)
         tic = time.perf_counter()
@@ -92,28 +78,24 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
             record["source"] = distributed.on_main(evaluate_model, model, source, cfg, device, "evaluate source")
             record["target"] = distributed.on_main(evaluate_model, model, target, cfg, device, "evaluate target")
             record["seconds_eval"] = time.perf_counter() - tic
-        history.append(record)
-        if distributed.is_main():  # one writer; the others have nothing to wait for
-            save_checkpoint(out_dir / CHECKPOINT, {
-                "stage": "pretrain", "epoch": epoch, "config_hash": cfg.config_hash(),
-                "arch": cfg.model.arch, "num_classes": source.num_train_pids,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
-            })
+        return record
 
+    def restore(state: dict[str, Any]) -> None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+
+    history = run_epochs(
+        cfg, out_dir, p.epochs, run_epoch, restore=restore, resume=resume, desc="Stage I epochs",
+        snapshot=lambda: {"arch": cfg.model.arch, "num_classes": source.num_train_pids,
+                          "model": model.state_dict(), "optimizer": optimizer.state_dict()},
+    )
     final = history[-1]
-    metrics = {
+    return {
         "stage": "pretrain", "task": cfg.task, "seed": cfg.seed, "config_hash": cfg.config_hash(),
         "config": cfg.to_dict(), "selection": "last epoch, evaluated on the target (direct transfer)",
         "source": final["source"], "target": final["target"],
         **final["target"], "history": history,
     }
-    return metrics
-
-
-def results_table(metrics: dict[str, Any]) -> pd.DataFrame:
-    """Source and target retrieval of the final network: the gap between the rows is the domain gap."""
-    return pd.DataFrame.from_dict({"source (supervised)": metrics["source"], "target (direct transfer)": metrics["target"]},
-                                  orient="index")
 
 
 def train_epoch(
@@ -153,28 +135,8 @@ def train_epoch(
             **{f"loss_{k}": v / cfg.pretrain.iters for k, v in distributed.mean_over_ranks(totals).items()}}
 
 
-def load_pretrained_network(path: str | Path, arch: str | None = None) -> ReidNet:
-    """A Stage I network from its checkpoint (``weights_only``), checking the architecture when given."""
-    state = load_checkpoint(path)
-    if state.get("stage") != "pretrain":
-        raise ValueError(f"{path} is not a Stage I checkpoint (stage={state.get('stage')!r})")
-    if arch is not None and state["arch"] != arch:
-        raise ValueError(f"{path} holds a {state['arch']!r} network but the run asks for model.arch={arch!r}")
-    net = build_model(state["arch"], state["num_classes"])
-    net.load_state_dict(state["model"])
-    return net
-
-
 def _shuffled_loader(dataset: ImageDataset, cfg: RunConfig, epoch: int, device: torch.device) -> DataLoader:
     return build_shuffled_loader(
-        dataset, cfg.data.batch_size, cfg.data.num_workers, seed=cfg.seed * 100_003 + epoch,
+        dataset, cfg.data.batch_size, cfg.data.num_workers, seed=derive_seed(cfg.seed, epoch, TARGET_ORDER_STREAM),
         on_cuda=device.type == "cuda", rank=distributed.rank(), world_size=distributed.world_size(),
     )
-
-
-def _check_same_run(state: dict[str, Any], cfg: RunConfig, path: Path) -> None:
-    if state.get("config_hash") != cfg.config_hash():
-        raise ValueError(
-            f"{path} was written by a different configuration (hash {state.get('config_hash')}, "
-            f"now {cfg.config_hash()}): use another out_dir or delete the checkpoint"
-        )

@@ -216,7 +216,7 @@ def _lloyd_faiss(faiss, x: torch.Tensor, init: torch.Tensor, seed: int, niter: i
     k = init.shape[0]
     on_gpu = x.is_cuda and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
     km = faiss.Kmeans(
-        d, k, niter=niter, seed=seed, gpu=on_gpu, max_points_per_centroid=n, min_points_per_centroid=1, verbose=False
+        d, k, niter=niter, seed=seed % 2**31, gpu=on_gpu, max_points_per_centroid=n, min_points_per_centroid=1, verbose=False
     )
     x_np = np.ascontiguousarray(x.cpu().numpy())
     km.train(x_np, init_centroids=np.ascontiguousarray(init.cpu().numpy()))

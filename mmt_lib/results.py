@@ -29,7 +29,7 @@ PUBLISHED: dict[tuple[str, str], tuple[float, float, float, float]] = {
     ("market2msmt", "mmt-kmeans"): (22.9, 49.2, 63.1, 68.8),
     ("duke2msmt", "mmt-kmeans"): (23.3, 50.1, 63.9, 69.8),
 }
-"""MMT_SPEC's ResNet-50 numbers (percent): K = 500 for Market/Duke targets, 1500 for MSMT17."""
+"""The paper's ResNet-50 numbers (percent, its Tables 1 and 2): K = 500 for Market/Duke targets, 1500 for MSMT17."""
 
 
 def load_runs(profile_dir: str | Path) -> pd.DataFrame:
@@ -85,7 +85,7 @@ def histories_by_task(profile_dir: str | Path, seed: int = 1) -> dict[str, dict[
 
 
 def with_published(summary: pd.DataFrame) -> pd.DataFrame:
-    """Add the paper's ResNet-50 mAP / top-1 where MMT_SPEC gives them (NaN elsewhere)."""
+    """Add the paper's ResNet-50 mAP / top-1 where the paper gives them (NaN elsewhere)."""
     out = summary.copy()
     published = [PUBLISHED.get((t, v)) for t, v in zip(out["task"], out["variant"])]
     out["paper_mAP"] = [p[0] if p else float("nan") for p in published]
@@ -116,7 +116,7 @@ def collect(profile_dir: str | Path) -> pd.DataFrame:
         profile_dir / "results.md",
         f"# Results: {profile_dir.name}\n\nPercent, mean ± sample std over seeds. Label-free model selection "
         "(last epoch, network 1); `oracle_mAP_mean` picks the best epoch by target-test mAP and is "
-        "not a valid unsupervised result. `paper_*`: MMT_SPEC's ResNet-50 numbers on the real datasets.\n\n"
+        "not a valid unsupervised result. `paper_*`: the paper's ResNet-50 numbers on the real datasets.\n\n"
         + to_markdown(table) + "\n",
     )
     if len(table):

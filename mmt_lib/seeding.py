@@ -24,8 +24,14 @@ def derive_seed(seed: int, *keys: int) -> int:
     return ((int(high) << 32) | int(low)) & ((1 << 63) - 1)
 
 
-_RANK_STREAM = 2
-"""Seed key for the streams of ranks other than 0 under ``torchrun`` (1 is the loaders' worker stream)."""
+WORKER_STREAM = 1
+"""Seed key of the loaders' worker processes, apart from the global stream ``seed_everything`` seeds."""
+RANK_STREAM = 2
+"""Seed key for the streams of ranks other than 0 under ``torchrun``."""
+CLUSTERING_STREAM = 3
+"""Seed key of each epoch's pseudo-label clustering (Stage II)."""
+TARGET_ORDER_STREAM = 4
+"""Seed key of the order in which Stage I forwards target batches for BatchNorm statistics."""
 
 
 def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
@@ -36,7 +42,7 @@ def seed_everything(seed: int, epoch: int = 0, rank: int = 0) -> None:
     Rank 0 of a multi-process run draws what a single process draws; other ranks augment their
     own images with their own stream, ``(seed, epoch, rank)``.
     """
-    derived = derive_seed(seed, epoch) if rank == 0 else derive_seed(seed, epoch, _RANK_STREAM, rank)
+    derived = derive_seed(seed, epoch) if rank == 0 else derive_seed(seed, epoch, RANK_STREAM, rank)
     random.seed(derived)
     np.random.seed(derived % 2**32)
     torch.manual_seed(derived)

@@ -4,7 +4,8 @@
     python -m mmt_lib.train mmt --profile paper --task duke2market --variant mmt-kmeans --seed 1 \\
         --pretrained runs/x/pre1 runs/x/pre2 --out runs/x/mmt
 
-Each writes ``metrics.json`` (top-level ``mAP``, ``top1``, ...) into ``--out`` once it finishes.
+Relative paths (``--out``, ``--pretrained``, ``--data-root``, ``--imagenet-weights``) are relative to the
+current directory. Each writes ``metrics.json`` (top-level ``mAP``, ``top1``, ...) into ``--out`` once it finishes.
 One process per device: ``torchrun --nproc_per_node=N -m mmt_lib.train ...`` (several nodes: torchrun's
 ``--nnodes``/``--rdzv_*`` arguments); rank 0 alone writes (see ``mmt_lib.distributed``).
 """
@@ -18,6 +19,7 @@ from mmt_lib import config, distributed
 from mmt_lib.checkpoints import save_metrics
 from mmt_lib.mmt import run_variant
 from mmt_lib.models import known_archs
+from mmt_lib.paths import from_command_line
 from mmt_lib.pretrain import pretrain
 
 
@@ -39,23 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"mmt": {"epochs": 10}}\'')
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    out = from_command_line(args.out)
+    pretrained = [from_command_line(d) for d in args.pretrained] if args.pretrained else None
     try:
         overrides = config.parse_overrides(args.overrides)
     except ValueError as err:
         parser.error(str(err))
     cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
-                         seed=args.seed, data=args.data, data_root=args.data_root, source=args.source,
-                         target=args.target, arch=args.arch, pretrained=args.imagenet_weights, device=args.device,
-                         overrides=overrides)
+                         seed=args.seed, data=args.data, data_root=from_command_line(args.data_root),
+                         source=args.source, target=args.target, arch=args.arch,
+                         pretrained=from_command_line(args.imagenet_weights), device=args.device, overrides=overrides)
     if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
         print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
               "the paper starts from ImageNet", file=sys.stderr)
-    if args.stage == "mmt" and not args.pretrained:
+    if args.stage == "mmt" and not pretrained:
         parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
     try:
-        metrics = pretrain(cfg, args.out) if args.stage == "pretrain" else run_variant(cfg, args.out, args.pretrained)
+        metrics = pretrain(cfg, out) if args.stage == "pretrain" else run_variant(cfg, out, pretrained)
         if distributed.is_main():
-            path = save_metrics(args.out, metrics)
+            path = save_metrics(out, metrics)
             print(f"mAP {metrics['mAP']:.4f}  top1 {metrics['top1']:.4f}  -> {path}")
         distributed.barrier()
     finally:

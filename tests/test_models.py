@@ -211,7 +211,7 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
 
 
 def test_networks_of_different_seeds_share_their_initial_backbone_and_nothing_else() -> None:
-    """MMT_SPEC: the two Stage I networks start from the same weights and differ only by seed."""
+    """The paper's Stage I: the two networks start from the same weights and differ only by seed."""
     built = {}
     for seed in (1, 2):
         seed_everything(seed)

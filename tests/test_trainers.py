@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from mmt_lib import mmt, pretrain
+from mmt_lib import mmt, pretrain, trainer
 from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import VARIANTS, resolve
+from mmt_lib.paths import PROJECT_ROOT
+from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed
 
 TIMING = ("seconds_extract", "seconds_cluster", "seconds_train", "seconds_eval")
 
@@ -126,16 +130,16 @@ def test_resumed_run_ends_with_the_same_metrics(stage1, tmp_path, monkeypatch):
     cfg = smoke_cfg("mmt", data_root)
     straight = mmt.train_mmt(cfg, tmp_path / "straight", tuple(checkpoints))
 
-    real_save = mmt.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt("killed after the first epoch")
 
-    monkeypatch.setattr(mmt, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         mmt.train_mmt(cfg, tmp_path / "resumed", tuple(checkpoints))
-    monkeypatch.setattr(mmt, "save_checkpoint", real_save)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["epoch"] == 0
     resumed = mmt.train_mmt(cfg, tmp_path / "resumed", tuple(checkpoints))
     assert without_timing(resumed["history"]) == without_timing(straight["history"])
@@ -145,25 +149,66 @@ def test_resumed_run_ends_with_the_same_metrics(stage1, tmp_path, monkeypatch):
 def test_resumed_pretrain_ends_with_the_same_metrics(stage1, tmp_path, monkeypatch):
     data_root, _, results = stage1
     cfg = smoke_cfg("pretrain", data_root, seed=1)
-    real_save = pretrain.save_checkpoint
+    real_save = trainer.save_checkpoint
 
     def save_then_die(path, state):
         real_save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pretrain, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain.pretrain(cfg, tmp_path / "pre")
-    monkeypatch.setattr(pretrain, "save_checkpoint", real_save)
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     resumed = pretrain.pretrain(cfg, tmp_path / "pre")
     assert without_timing(resumed["history"]) == without_timing(results[1]["history"])
 
 
-def test_checkpoint_of_another_configuration_is_refused(stage1, tmp_path):
+def test_checkpoint_of_another_configuration_is_refused_naming_both_hashes(stage1, tmp_path):
     data_root, checkpoints, _ = stage1
-    mmt.train_mmt(smoke_cfg("mmt", data_root), tmp_path / "run", tuple(checkpoints))
-    with pytest.raises(ValueError, match="different run"):
-        mmt.train_mmt(smoke_cfg("mmt", data_root, variant="baseline"), tmp_path / "run", tuple(checkpoints))
+    first, second = smoke_cfg("mmt", data_root), smoke_cfg("mmt", data_root, variant="baseline")
+    mmt.train_mmt(first, tmp_path / "run", tuple(checkpoints))
+    with pytest.raises(ValueError, match=f"another run .*{first.config_hash()}.*{second.config_hash()}"):
+        mmt.train_mmt(second, tmp_path / "run", tuple(checkpoints))
+
+
+def test_stage2_refuses_to_resume_from_a_stage1_checkpoint(stage1):
+    data_root, checkpoints, _ = stage1
+    with pytest.raises(ValueError, match="stage 'pretrain'.*this run is stage 'mmt'"):
+        mmt.train_mmt(smoke_cfg("mmt", data_root), checkpoints[0].parent, tuple(checkpoints))
+
+
+def test_each_epoch_clusters_with_a_derived_seed(stage1, tmp_path, monkeypatch):
+    """Clustering seeds are mixed from (seed, epoch) by ``derive_seed``, never ``seed * 1000 + epoch``."""
+    data_root, checkpoints, _ = stage1
+    seeds = []
+    real_kmeans = mmt.kmeans
+
+    def spy(features, k, seed):
+        seeds.append(seed)
+        return real_kmeans(features, k, seed=seed)
+
+    monkeypatch.setattr(mmt, "kmeans", spy)
+    mmt.train_mmt(smoke_cfg("mmt", data_root, seed=3), tmp_path / "run", tuple(checkpoints))
+    assert seeds == [derive_seed(3, epoch, CLUSTERING_STREAM) for epoch in range(2)]
+
+
+def test_stage2_does_not_import_stage1():
+    code = "import sys, mmt_lib.mmt; print('mmt_lib.pretrain' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_command_line_paths_are_relative_to_the_current_directory(tmp_path):
+    """Run from a folder outside the repository: ``--out`` and ``--data-root`` land there, not in the project."""
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    overrides = '{"runtime": {"progress": false}}'
+    subprocess.run([sys.executable, "-m", "mmt_lib.train", "pretrain", "--profile", "smoke", "--device", "cpu",
+                    "--data-root", "mydata", "--overrides", overrides, "--out", "pre1"],
+                   cwd=cwd, check=True, capture_output=True, timeout=300)
+    assert (cwd / "pre1" / "metrics.json").is_file() and (cwd / "pre1" / trainer.CHECKPOINT).is_file()
+    assert (cwd / "mydata").is_dir()
+    assert not (PROJECT_ROOT / "pre1").exists() and not (PROJECT_ROOT / "mydata").exists()
 
 
 def test_nan_loss_stops_the_run_naming_term_and_iteration(stage1, tmp_path, monkeypatch):
@@ -209,7 +254,7 @@ def test_command_line_trains_and_writes_metrics(stage1, tmp_path):
 
 
 def test_stage1_networks_of_both_seeds_start_from_one_backbone(tmp_path, monkeypatch):
-    """MMT_SPEC: the Stage I pair differs only by seed; without ImageNet weights they share one draw."""
+    """The paper's Stage I: the pair differs only by seed; without ImageNet weights they share one draw."""
 
     class Started(Exception):
         pass

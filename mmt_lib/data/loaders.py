@@ -31,10 +31,7 @@ from mmt_lib.data.base import Sample
 from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
 from mmt_lib.data.transforms import Transform
 from mmt_lib.distributed import per_rank_batch
-from mmt_lib.seeding import derive_seed
-
-_WORKER_STREAM = 1
-"""Seed key that keeps the workers' stream apart from the global one seeded by ``seed_everything``."""
+from mmt_lib.seeding import WORKER_STREAM, derive_seed
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -118,7 +115,7 @@ def build_train_loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, _WORKER_STREAM)),
+        generator=torch.Generator().manual_seed(derive_seed(seed, epoch, WORKER_STREAM)),
         worker_init_fn=_rank_worker_init(rank),
     )
 
@@ -153,7 +150,7 @@ def _rank_worker_init(rank: int) -> Callable[[int], None] | None:
 
 
 def _reseed_worker(rank: int, worker_id: int) -> None:
-    seed = derive_seed(torch.initial_seed() % 2**63, _WORKER_STREAM, rank)
+    seed = derive_seed(torch.initial_seed() % 2**63, WORKER_STREAM, rank)
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -1,6 +1,6 @@
-"""Dense textbook k-reciprocal encoding (Zhong et al., CVPR 2017), shared by the tests and the benchmark.
+"""Dense textbook k-reciprocal encoding (Zhong et al., CVPR 2017), shared by the benchmark and the tests.
 
-Written loop for loop as in MMT_SPEC, with no code from mmt_lib's fast versions, so that it checks them
+Written loop for loop as the algorithm is described (docs/method.md), with no code from mmt_lib's fast versions, so that it checks them
 independently. Every function holds N x N matrices: for small inputs and for measuring the reference.
 """
 
