@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--iters", type=int, default=None, help="timed training iterations")
     parser.add_argument("--curves", type=int, default=0, metavar="N",
-                        help="also compare the loss terms of both settings over N iterations (the issue asks 200)")
+                        help="also compare the loss terms of both settings over N iterations, e.g. 200")
     args = parser.parse_args(argv)
     tiny = args.tiny
     args.arch = "cpu_tiny" if tiny else "resnet50"
