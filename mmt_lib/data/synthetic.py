@@ -1,48 +1,9 @@
 """Synthetic person re-ID domains, so the whole MMT story runs where no real dataset can be downloaded.
 
-Each domain is a small world of pedestrians seen by several cameras, written in the Market-1501
-layout (`<root>/<domain>-<size>-seed<seed>/{bounding_box_train,query,bounding_box_test}/`, names
-`{pid:04d}_c{cam}s1_{frame:06d}_00.jpg`). An identity is a stable set of attributes (clothing
-colours and patterns, build, hair, hat, bag); a camera changes viewpoint, colour cast, scenery,
-framing and occlusion; a domain is a rendering style. Identities are distinguishable but
-confusable (a limited palette makes many people in black coats), cameras change appearance, and
-the domains differ in style so that a network trained on one transfers only partly to another:
-the gap MMT's pseudo-label refinery has to close.
-
-What differs between the domains (every knob lives in `DOMAINS` below):
-
-| knob                       | synth-market          | synth-duke               | synth-msmt                      |
-|----------------------------|-----------------------|--------------------------|---------------------------------|
-| cameras                    | 6                     | 8                        | 15                              |
-| identities (real: train/test) | 751 / 750          | 702 / 1110               | 1041 / 3060                     |
-| cameras per identity       | 2-6                   | 5-8                      | 10-15                           |
-| season / clothing          | summer: bright, 55% shorts or skirts, few coats | winter: 25% neutral, 20% long coats, backpacks | mixed; hues shifted the other way |
-| white balance              | warm (+0.5)           | cool (-0.4)              | neutral                         |
-| per-camera colour cast     | strong (0.3)          | weak (0.1)               | strong (0.3)                    |
-| per-camera desaturation    | none                  | up to 35%                | up to 20%                       |
-| illumination gain          | 0.95-1.25             | 0.6-1.25                 | 0.8-1.2                         |
-| person height / crop       | 0.85-0.97             | 1.0-1.2 (tight crops)    | 1.0-1.2 (tight crops)           |
-| scenery (cameras)          | 2/3 street (walls, windows, pavement), 1/3 campus | 2/3 campus (foliage, brick, snow or grass), 1/3 street | street, campus and indoor corridors |
-| texture / sensor noise     | 0.15 / 0.015          | 0.15 / 0.015             | 0.15 / 0.015                    |
-| blur radius / resolution loss | 0.3 px / none      | 0.3 px / none            | 0.3 px / none                   |
-| JPEG quality               | 92                    | 85                       | 92                              |
-| occlusion (mean chance)    | 8%                    | 6%                       | 3%                              |
-| gallery distractors (pid 0)| 10% of the gallery    | none                     | none                            |
-
-The values were chosen by `python -m mmt_lib.calibrate` (Stage I numbers only: each target must be
-learnable with its own labels, and transfer to it must be partial); the README records the rounds.
-
-Identity counts are the real datasets' scaled by the size's `id_scale` (`SIZES`). Test identities
-are disjoint from train identities; for each test identity one image per camera (at most
-`max_queries` cameras) becomes a query and the rest go to the gallery, and every camera of a test
-identity holds at least two images, so every query has a true match in another camera. An
-identity is seen by at least the domain's minimum of cameras per identity, even when that takes
-more images than the size's range (one per camera in training, two per camera in the test split).
-
-Every random draw comes from a generator seeded by (seed, domain, purpose, index): the same seed
-gives byte-identical files. A finished domain folder holds a `.complete` marker with a hash of its
-specification; generation writes into a temporary folder next to it and renames it into place, so
-an interrupted run never leaves a half-written domain behind.
+Three domains (`DOMAINS`) in three sizes (`SIZES`), written in the Market-1501 layout under
+`<root>/<domain>-<size>-seed<seed>/` and generated deterministically (the same seed gives
+byte-identical files). What each knob does, its value per domain, the sizes, and how the values
+were calibrated: docs/synthetic-domains.md.
 """
 
 from __future__ import annotations
