@@ -1,10 +1,8 @@
 """Which library settings change the metrics of a CPU run: each pin of reproducible mode, released one at a time.
 
-Every setting runs the same work in a fresh process (the pins are read when the libraries load):
-a smoke-profile Stage I pair (seeds 1 and 2), Stage II from that pair with k-means (faiss) and with
-DBSCAN on the Jaccard distance (numba), and a short Stage I of the ``synthetic`` profile on its
-first task (2 epochs x 10 iterations, evaluated on the target). Each setting is compared, bit for
-bit, with reproducible mode (``mmt_lib.reproducible.PINNED_ENV``). Releasing a pin to another
+Every setting runs the same work (``work``) in a fresh process, since the pins are read when the
+libraries load, and is compared bit for bit with reproducible mode (``mmt_lib.reproducible.PINNED_ENV``).
+The same work, under reproducible mode, gives the golden values that ``tests/test_golden.py`` checks. Releasing a pin to another
 value that this CPU also runs (scalar kernels, SSE4.1, generic builds, two threads) shows whether
 that library's choice of kernel reaches the metrics, as a CPU with another instruction set would.
 
@@ -53,35 +51,54 @@ def environment(name: str) -> dict[str, str]:
 
 
 def work(data_root: Path, out_dir: Path) -> dict[str, Any]:
-    """The runs of one setting, in this process; every metric as ``float.hex`` so that nothing is rounded."""
+    """The runs of one setting, in this process; their metrics, in full.
+
+    The smoke profile's Stage I pair (seeds 1 and 2) and Stage II from it with k-means (faiss) and
+    with DBSCAN on the Jaccard distance (numba); then the ``synthetic`` profile's first task, its
+    data, input size and network, with a short Stage I pair (1 epoch x 10 iterations) and one
+    Stage II epoch of 10 iterations from it.
+    """
     import torch
 
     from mmt_lib import config, mmt, pretrain
 
     quiet = {"runtime": {"progress": False}}
-    smoke = {"profile": "smoke", "task": "duke2market", "data_root": str(data_root), "device": "cpu"}
     results: dict[str, Any] = {"torch_capability": torch.backends.cpu.get_cpu_capability(),
                                "torch_threads": torch.get_num_threads()}
     tic = time.perf_counter()
-    for seed in (1, 2):
-        cfg = config.resolve("pretrain", seed=seed, overrides=quiet, **smoke)
-        results[f"smoke stage I seed {seed}"] = pretrain.pretrain(cfg, out_dir / f"pre{seed}", resume=False)
-    checkpoints = (out_dir / "pre1" / "checkpoint.pt", out_dir / "pre2" / "checkpoint.pt")
+    smoke = {"profile": "smoke", "task": "duke2market", "data_root": str(data_root), "device": "cpu"}
+    stage1 = _stage1_pair(smoke, quiet, out_dir / "smoke", results, "smoke")
     for variant in ("mmt-kmeans", "mmt-dbscan"):
         cfg = config.resolve("mmt", variant=variant, seed=1, overrides=quiet, **smoke)
-        results[f"smoke stage II {variant}"] = mmt.train_mmt(cfg, out_dir / variant, checkpoints, resume=False)
+        results[f"smoke stage II {variant}"] = mmt.train_mmt(cfg, out_dir / "smoke" / variant, stage1, resume=False)
     results["seconds_smoke"] = time.perf_counter() - tic
     tic = time.perf_counter()
-    short = {**quiet, "pretrain": {"epochs": 2, "iters": 10, "eval_every": 2}}
-    cfg = config.resolve("pretrain", profile="synthetic", task="duke2market", seed=1, data_root=str(data_root),
-                         device="cpu", overrides=short)
-    results["synthetic stage I (2 x 10)"] = pretrain.pretrain(cfg, out_dir / "synthetic", resume=False)
+    synthetic = {"profile": "synthetic", "task": next(iter(config.TASKS)), "data_root": str(data_root),
+                 "device": "cpu"}
+    short = {**quiet, "pretrain": {"epochs": 1, "iters": 10, "warmup_epochs": 1, "eval_every": 1}}
+    stage1 = _stage1_pair(synthetic, short, out_dir / "synthetic", results, "synthetic")
+    cfg = config.resolve("mmt", seed=1, overrides={**quiet, "mmt": {"epochs": 1, "iters": 10}}, **synthetic)
+    results["synthetic stage II, 1 epoch"] = mmt.train_mmt(cfg, out_dir / "synthetic" / "mmt", stage1, resume=False)
     results["seconds_synthetic"] = time.perf_counter() - tic
     return results
 
 
+def _stage1_pair(common: dict[str, Any], overrides: dict[str, Any], out_dir: Path, results: dict[str, Any],
+                 label: str) -> tuple[Path, Path]:
+    from mmt_lib import config, pretrain
+
+    for seed in (1, 2):
+        cfg = config.resolve("pretrain", seed=seed, overrides=overrides, **common)
+        results[f"{label} stage I seed {seed}"] = pretrain.pretrain(cfg, out_dir / f"pre{seed}", resume=False)
+    return out_dir / "pre1" / "checkpoint.pt", out_dir / "pre2" / "checkpoint.pt"
+
+
+HEADLINE = ("mAP", "mINP", "top1", "top5", "top10")
+
+
 def fingerprint(metrics: dict[str, Any]) -> dict[str, str]:
-    """The headline mAP in hex and a digest of every number the run recorded (timings left out)."""
+    """The headline metrics in ``float.hex`` (nothing rounded) and a digest of every number the run
+    recorded, histories included (timings and the configuration left out)."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strip(v) for k, v in value.items() if not k.startswith("seconds") and k != "config"}
@@ -90,21 +107,29 @@ def fingerprint(metrics: dict[str, Any]) -> dict[str, str]:
         return value.hex() if isinstance(value, float) else value
 
     payload = json.dumps(strip(metrics), sort_keys=True)
-    return {"mAP": metrics["mAP"].hex(), "digest": hashlib.sha256(payload.encode()).hexdigest()[:12]}
+    return {**{k: float(metrics[k]).hex() for k in HEADLINE}, "digest": hashlib.sha256(payload.encode()).hexdigest()[:16]}
+
+
+def fingerprints(raw: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """The fingerprint of every run in what ``work`` returned."""
+    return {key: fingerprint(value) for key, value in raw.items() if isinstance(value, dict)}
+
+
+def run_in_subprocess(env: dict[str, str], data_root: Path, out_dir: Path) -> dict[str, Any]:
+    """``work`` in a fresh process with ``env``: the libraries read their pins only when they load."""
+    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); "
+            "import cpu_determinism as c; r = c.work(Path(sys.argv[1]), Path(sys.argv[2])); "
+            "(Path(sys.argv[2]) / 'results.json').write_text(json.dumps(r, default=float))")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-c", code, str(data_root), str(out_dir), str(Path(__file__).parent)],
+                   env=env, check=True, cwd=ROOT)
+    return json.loads((out_dir / "results.json").read_text())
 
 
 def run_setting(name: str, data_root: Path, scratch: Path) -> dict[str, Any]:
-    out = scratch / name.split(":")[0].replace(" ", "-")
-    code = ("import json, sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); "
-            "import cpu_determinism as c; r = c.work(Path(sys.argv[1]), Path(sys.argv[2])); "
-            "json.dump(r, open(Path(sys.argv[2]) / 'results.json', 'w'), default=float)")
-    out.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-c", code, str(data_root), str(out), str(Path(__file__).parent)],
-                   env=environment(name), check=True, cwd=ROOT)
-    raw = json.loads((out / "results.json").read_text())
+    raw = run_in_subprocess(environment(name), data_root, scratch / name.split(":")[0].replace(" ", "-"))
     return {"setting": name, "capability": raw["torch_capability"], "threads": raw["torch_threads"],
-            "seconds": raw["seconds_smoke"] + raw["seconds_synthetic"],
-            **{key: fingerprint(value) for key, value in raw.items() if isinstance(value, dict)}}
+            "seconds": raw["seconds_smoke"] + raw["seconds_synthetic"], **fingerprints(raw)}
 
 
 def main() -> int:
@@ -120,8 +145,7 @@ def main() -> int:
         rows = [run_setting(name, scratch / "data", scratch) for name in names]
     runs = [k for k in rows[0] if isinstance(rows[0][k], dict)]
     reference = next((r for r in rows if r["setting"] == "reproducible"), rows[0])
-    print("| setting | torch capability | threads | seconds | "
-          + " | ".join(runs) + " |")
+    print("| setting | torch capability | threads | seconds | " + " | ".join(runs) + " |")
     print("|---" * (4 + len(runs)) + "|")
     for row in rows:
         cells = [("= " if row[k] == reference[k] else "≠ ") + f"{float.fromhex(row[k]['mAP']):.17g}" for k in runs]
