@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm, trange
+from mmt_lib.progress import tqdm, trange
 
 from mmt_lib import distributed
 from mmt_lib.analysis import pseudo_label_quality

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader
-from tqdm.auto import trange
+from mmt_lib.progress import trange
 
 from mmt_lib import distributed
 from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
