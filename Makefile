@@ -31,8 +31,9 @@ calibrate: setup
 test: setup
 	$(PY) -m pytest -n 2 --dist loadfile tests
 
+# JupyterLab refuses to start as root unless told it may (containers, CI machines).
 lab: setup
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root,) notebooks/
 
 clean:
 	rm -rf $(VENV)

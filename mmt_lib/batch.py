@@ -31,12 +31,12 @@ import papermill
 import zmq
 from jupyter_client.manager import AsyncKernelManager
 from papermill.exceptions import PapermillExecutionError
-from tqdm.auto import tqdm
 
 from mmt_lib import __version__
 from mmt_lib.checkpoints import METRICS_FILE, write_json_atomic
-from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS, PROFILES, TASKS
 from mmt_lib.paths import PROJECT_ROOT, project_path
+from mmt_lib.progress import tqdm
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RUN_RECORD = "run.json"
@@ -55,10 +55,14 @@ class _CurveKernelManager(AsyncKernelManager):
 
 
 def execute_notebook(notebook: str, output: Path, parameters: dict[str, Any]) -> None:
-    """Run ``notebooks/<notebook>.ipynb`` with papermill into `output`, from the project root."""
+    """Run ``notebooks/<notebook>.ipynb`` with papermill into `output`, from the project root.
+
+    Each cell's text output is stored as the terminal would show it: a progress bar's redraws
+    (carriage returns) collapse to its last state, one line per bar.
+    """
     papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT),
-                               kernel_manager_class=_CurveKernelManager)
+                               kernel_manager_class=_CurveKernelManager, coalesce_streams=True)
 
 
 @dataclass(frozen=True)
@@ -105,10 +109,7 @@ def plan(
         runs.append(Run(notebook, task, variant, seed, full, tuple(upstream)))
         return run_id
 
-    spec = PROFILES[profile]
-    add("00_data_tour", "data", "tour", 0,
-        {"datasets": list(DOMAIN_DATASETS[spec["data_kind"]].values()),
-         "synthetic_size": spec["data"].get("synthetic_size", "default")}, group="data")
+    add("00_data_tour", "data", "tour", 0, {}, group="data")
     for task in tasks:
         for k in seeds:
             group = f"{task}/seed{k}"

@@ -37,7 +37,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from mmt_lib import config, distributed
 from mmt_lib.analysis import pseudo_label_quality
@@ -46,6 +45,7 @@ from mmt_lib.engine import load_named_dataset, prepare_model, resolve_device
 from mmt_lib.mmt import assign_pseudo_labels, embed_target, pseudo_label_seed
 from mmt_lib.paths import from_command_line, project_path
 from mmt_lib.pretrain import pretrain
+from mmt_lib.progress import tqdm
 from mmt_lib.trainer import CHECKPOINT, load_pretrained_network
 
 CRITERIA: dict[str, tuple[float | None, float | None]] = {

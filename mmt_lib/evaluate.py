@@ -18,9 +18,9 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from mmt_lib.compiled import numba, torch_threads
+from mmt_lib.progress import tqdm
 
 ArrayLike = np.ndarray | torch.Tensor
 _BLOCK_ELEMENTS = {"cpu": 1 << 26, "other": 1 << 24}

@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mmt_lib import distributed
 from mmt_lib.analysis import pseudo_label_quality
@@ -44,6 +43,7 @@ from mmt_lib.evaluate import extract_features
 from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
 from mmt_lib.models import ReidNet
 from mmt_lib.paths import project_path
+from mmt_lib.progress import tqdm
 from mmt_lib.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
 from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
 from mmt_lib.teachers import create_mean_teacher, update_mean_teacher

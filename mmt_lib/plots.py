@@ -3,7 +3,8 @@
 Every function takes data and returns a matplotlib ``Figure``; none shows it or touches a file
 (``save_figure`` is the one writer). Figures are detached from pyplot right after creation, so a
 notebook displays a returned figure exactly once and a batch run never piles up open figures.
-The backend is left to the caller (tests use Agg).
+Sizes, fonts, colours and the words for metric keys come from ``plot_style``. The backend is left
+to the caller (tests use Agg).
 """
 
 from __future__ import annotations
@@ -19,16 +20,36 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mmt_lib.checkpoints import replacing
+from mmt_lib.config import ABLATION_VARIANTS
+from mmt_lib.plot_style import (
+    FAMILY_COLOURS,
+    LINE_COLOURS,
+    MAX_WIDTH_IN,
+    MIN_FONT_PT,
+    REFERENCE_GREY,
+    finish,
+    metric_label,
+    metric_scale,
+    styled,
+    task_label,
+    variant_label,
+)
 
 _OUTLIER_COLOUR = (0.75, 0.75, 0.75)
+MAX_LINES = len(LINE_COLOURS)
+"""Lines one panel may hold: more cannot be told apart at a glance."""
 
 
-def _new_figure(nrows: int, ncols: int, figsize: tuple[float, float]) -> tuple[Figure, np.ndarray]:
-    with sns.axes_style("whitegrid"):
-        fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=figsize, layout="constrained")
+def _new_figure(nrows: int, ncols: int, figsize: tuple[float, float], **kwargs: Any) -> tuple[Figure, np.ndarray]:
+    if figsize[0] > MAX_WIDTH_IN + 1e-9:
+        raise ValueError(f"a figure {figsize[0]:.1f} in wide would be shrunk in JupyterLab; at most {MAX_WIDTH_IN}")
+    fig, axes = plt.subplots(nrows, ncols, squeeze=False, figsize=figsize, layout="constrained", **kwargs)
     plt.close(fig)  # the caller owns it: no pyplot bookkeeping, no second display in Jupyter
     return fig, axes
 
@@ -44,6 +65,7 @@ def _label_colours(labels: np.ndarray) -> np.ndarray:
     return colours
 
 
+@styled
 def plot_embedding(
     points_2d: np.ndarray,
     truth: np.ndarray,
@@ -65,7 +87,7 @@ def plot_embedding(
         if arr.shape != (n,):
             raise ValueError(f"{name} must have shape ({n},) to match points_2d, got {arr.shape}")
 
-    fig, axes = _new_figure(1, 2, figsize=(12.0, 5.5))
+    fig, axes = _new_figure(1, 2, figsize=(MAX_WIDTH_IN, 5.0))
     size = float(np.clip(3000.0 / max(n, 1), 4.0, 30.0))
     num_ids = np.unique(truth).size
     num_clusters = np.unique(pseudo[pseudo != -1]).size
@@ -83,23 +105,25 @@ def plot_embedding(
         ax.set_title(subtitle)
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.legend(loc="best", fontsize="small")
+    fig.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside lower center")
     fig.suptitle(title)
-    return fig
+    return finish(fig)
 
 
 def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """(epochs, values) of one key; an entry's epoch is its "epoch" field, else its position."""
+    """(epochs, shown values) of one key; an entry's epoch is its "epoch" field, else its position."""
     epochs = np.array([entry.get("epoch", i) for i, entry in enumerate(history)], dtype=float)
     values = np.array([entry.get(key, np.nan) for entry in history], dtype=float)
-    return epochs, values
+    return epochs, values * metric_scale(key)
 
 
+@styled
 def plot_training_curves(history: list[dict], keys: list[str], title: str) -> Figure:
-    """One subplot per key (loss terms, mAP, ...) against the epoch.
+    """One panel per key (loss terms, mAP, ...) against the epoch, named in words with its unit.
 
-    ``history`` holds one flat dict per epoch, e.g. ``{"epoch": 3, "loss_ce": 1.2, "mAP": 0.41}``;
+    ``history`` holds one flat dict per epoch, e.g. ``{"epoch": 3, "loss_ce": 1.2, "target.mAP": 0.41}``;
     an entry without "epoch" is plotted at its position in the list, a missing key as a gap.
+    Fractions (mAP, shares of images) are shown in percent (``plot_style.metric_scale``).
     """
     if not history:
         raise ValueError("history is empty: nothing to plot")
@@ -112,86 +136,188 @@ def plot_training_curves(history: list[dict], keys: list[str], title: str) -> Fi
 
     ncols = min(3, len(keys))
     nrows = math.ceil(len(keys) / ncols)
-    fig, axes = _new_figure(nrows, ncols, figsize=(4.2 * ncols, 3.2 * nrows))
+    fig, axes = _new_figure(nrows, ncols, figsize=(min(MAX_WIDTH_IN, 3.4 * ncols), 2.9 * nrows))
     flat = axes.ravel()
     for ax, key in zip(flat, keys):
         epochs, values = _series(history, key)
-        ax.plot(epochs, values, marker="o", markersize=3)
-        ax.set_title(key)
+        ax.plot(epochs, values, marker="o")
+        ax.set_title(metric_label(key, unit=False))
+        ax.set_ylabel(metric_label(key))
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in flat[len(keys):]:
         fig.delaxes(ax)
     fig.suptitle(title)
-    return fig
+    return finish(fig)
 
 
-def plot_label_quality(histories: dict[str, list[dict]], metric: str, title: str | None = None) -> Figure:
-    """One line per run (e.g. baseline vs MMT) of a pseudo-label quality metric across epochs.
+@styled
+def plot_run_curves(
+    histories: Mapping[str, list[dict]],
+    metric: str,
+    title: str | None = None,
+    groups: Mapping[str, Sequence[str]] | None = None,
+    task: str | None = None,
+) -> Figure:
+    """One line per run (e.g. baseline vs MMT) of a metric across epochs, at most five lines a panel.
 
-    ``histories`` maps a run name to its per-epoch flat dicts (see ``plot_training_curves``);
-    ``metric`` is a key of ``analysis.pseudo_label_quality``, such as "nmi" or
-    "wrong_majority_fraction".
+    ``histories`` maps a run name (a variant) to its per-epoch flat dicts (see
+    ``plot_training_curves``). ``groups`` maps a panel title to the runs it compares; runs absent
+    from ``histories`` are skipped, a panel whose runs all appear in earlier panels is left out,
+    and a run drawn in several panels (a reference such as the baseline) keeps one colour and a
+    dashed line throughout. Without ``groups`` all runs share panels of five.
+    Without ``title`` the figure is named after the metric, and the ``task`` when given.
     """
     if not histories:
         raise ValueError("histories is empty: pass {run name: per-epoch history}")
-    fig, axes = _new_figure(1, 1, figsize=(6.5, 4.0))
-    ax = axes[0, 0]
     for name, history in histories.items():
         if not any(metric in entry for entry in history):
             raise ValueError(f"run {name!r} has no {metric!r} in any epoch of its history")
-        epochs, values = _series(history, metric)
-        ax.plot(epochs, values, marker="o", markersize=3, label=name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(metric)
-    ax.set_title(title or f"pseudo-label {metric} per epoch")
-    ax.legend(fontsize="small")
-    return fig
+    if groups is None:
+        names = list(histories)
+        groups = {"" if len(names) <= MAX_LINES else f"runs {i + 1}–{min(i + MAX_LINES, len(names))}":
+                  names[i:i + MAX_LINES] for i in range(0, len(names), MAX_LINES)}
+    panels: dict[str, list[str]] = {}
+    drawn: set[str] = set()
+    for panel_title, runs in groups.items():
+        present = [r for r in runs if r in histories]
+        if set(present) - drawn:  # a panel of runs already drawn elsewhere would only repeat them
+            panels[panel_title] = present
+            drawn.update(present)
+    if not panels:
+        raise ValueError(f"no run of {sorted(histories)} is named in groups {dict(groups)}")
+    crowded = {t: runs for t, runs in panels.items() if len(runs) > MAX_LINES}
+    if crowded:
+        raise ValueError(f"panels {crowded} hold more than {MAX_LINES} runs; split them into smaller groups")
+
+    shared = [r for r in histories if sum(r in runs for runs in panels.values()) > 1]
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = _new_figure(nrows, ncols, figsize=(7.0 if ncols == 1 else MAX_WIDTH_IN, 3.9 * nrows),
+                            sharey=True)
+    flat = axes.ravel()
+    for ax, (panel_title, runs) in zip(flat, panels.items()):
+        free = iter(c for i, c in enumerate(LINE_COLOURS) if i >= len(shared))
+        for run in runs:
+            colour = LINE_COLOURS[shared.index(run)] if run in shared else next(free)
+            epochs, values = _series(histories[run], metric)
+            ax.plot(epochs, values, marker="o", color=colour, label=variant_label(run),
+                    linestyle="--" if run in shared else "-")
+        ax.set_title(panel_title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric_label(metric))
+        ax.yaxis.set_tick_params(labelleft=True)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2, frameon=False)
+    for ax in flat[len(panels):]:
+        fig.delaxes(ax)
+    if title is None:
+        title = f"{metric_label(metric, unit=False)} per epoch"
+        title = f"{task_label(task)}: {title}" if task else title
+    fig.suptitle(title)
+    return finish(fig)
 
 
-def plot_results_bars(df: pd.DataFrame, value: str = "mAP") -> Figure:
-    """Grouped bars of a results table: one group per task, one bar per variant, std error bars.
+def _family(variant: str, references: Sequence[str]) -> str:
+    if variant in references:
+        return "reference"
+    return "ablation" if variant in ABLATION_VARIANTS else "mmt"
 
-    ``df`` has columns task, variant, ``<value>_mean`` and ``<value>_std`` (one row per pair; a
-    NaN std, e.g. from a single seed, draws no error bar). Tasks and variants keep the order in
-    which they first appear, so the ablation table's order survives.
+
+@styled
+def plot_results(
+    runs: pd.DataFrame,
+    value: str = "mAP",
+    paper: Mapping[tuple[str, str], float] | None = None,
+    variants: Sequence[str] | None = None,
+    references: Sequence[str] = ("direct", "baseline"),
+) -> Figure:
+    """One panel per task: each variant's mean over seeds (bar) with its min–max over seeds (whisker).
+
+    ``runs`` holds one row per run with columns task, variant, seed and ``value`` (in percent, as
+    ``results.load_runs`` gives them). The reference variants' means (direct transfer, the
+    baseline) are drawn across the panel as lines, and ``paper`` ({(task, variant): number}) marks
+    the published number where there is one. Bars follow ``variants`` (then first appearance);
+    a panel holds only the variants its task ran.
     """
-    mean_col, std_col = f"{value}_mean", f"{value}_std"
-    missing = [c for c in ("task", "variant", mean_col, std_col) if c not in df.columns]
+    missing = [c for c in ("task", "variant", "seed", value) if c not in runs.columns]
     if missing:
-        raise ValueError(f"results table lacks columns {missing}; it has {list(df.columns)}")
-    if df.empty:
-        raise ValueError("results table is empty: nothing to plot")
-    if df.duplicated(["task", "variant"]).any():
-        raise ValueError("results table has several rows for one (task, variant); aggregate them first")
+        raise ValueError(f"runs table lacks columns {missing}; it has {list(runs.columns)}")
+    if runs.empty:
+        raise ValueError("runs table is empty: nothing to plot")
+    if runs.duplicated(["task", "variant", "seed"]).any():
+        raise ValueError("runs table has several rows for one (task, variant, seed); pass one row per run")
+    paper = paper or {}
+    stats = runs.groupby(["task", "variant"], sort=False)[value].agg(["mean", "min", "max", "count"])
+    order = {v: i for i, v in enumerate(variants or [])}
+    tasks = list(pd.unique(runs["task"]))
+    per_task = {t: sorted(pd.unique(runs.loc[runs["task"] == t, "variant"]),
+                          key=lambda v: (order.get(v, len(order)), list(pd.unique(runs["variant"])).index(v)))
+                for t in tasks}
 
-    tasks, variants = list(pd.unique(df["task"])), list(pd.unique(df["variant"]))
-    table = df.set_index(["task", "variant"])
-    width = 0.8 / len(variants)
-    palette = sns.color_palette("colorblind" if len(variants) <= 10 else "husl", len(variants))
-    fig, axes = _new_figure(1, 1, figsize=(max(6.0, 0.35 * len(tasks) * len(variants) + 2.0), 4.5))
-    ax = axes[0, 0]
-    positions = np.arange(len(tasks))
-    for j, variant in enumerate(variants):
-        rows = table.reindex([(task, variant) for task in tasks])
-        ax.bar(
-            positions + (j - (len(variants) - 1) / 2) * width, rows[mean_col].to_numpy(float),
-            width, yerr=rows[std_col].to_numpy(float), capsize=2, color=palette[j], label=str(variant),
-        )
-    ax.set_xticks(positions, [str(t) for t in tasks])
-    ax.set_ylabel(value)
-    ax.legend(fontsize="small", ncols=min(len(variants), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
-    return fig
+    ncols = min(2, len(tasks))
+    nrows = math.ceil(len(tasks) / ncols)
+    rows = [max(len(per_task[t]) for t in tasks[r * ncols:(r + 1) * ncols]) for r in range(nrows)]
+    fig, axes = _new_figure(nrows, ncols, figsize=(MAX_WIDTH_IN, 0.36 * sum(rows) + 1.1 * nrows + 1.0),
+                            gridspec_kw={"height_ratios": [n + 2 for n in rows]})
+    label = metric_label(value)
+    top = max(stats["max"].max(), max((paper.get((t, v), 0.0) for t in tasks for v in per_task[t]), default=0.0))
+    flat = axes.ravel()
+    for i, (ax, task) in enumerate(zip(flat, tasks)):
+        names = per_task[task]
+        rows_here = stats.loc[[(task, v) for v in names]]
+        y = np.arange(len(names))
+        means = rows_here["mean"].to_numpy(float)
+        spread = np.vstack([means - rows_here["min"].to_numpy(float), rows_here["max"].to_numpy(float) - means])
+        spread[:, rows_here["count"].to_numpy() < 2] = np.nan  # one seed: no spread to show
+        ax.barh(y, means, height=0.7, color=[FAMILY_COLOURS[_family(v, references)] for v in names])
+        ax.errorbar(means, y, xerr=spread, fmt="none", ecolor="black", capsize=3, linewidth=1.2)
+        for yi, m in zip(y, means):  # the means in a column right of the panel, clear of every mark
+            ax.text(1.01, yi, f"{m:.1f}", transform=ax.get_yaxis_transform(), va="center", ha="left")
+        for ref, style in zip(references, (":", "--")):
+            if ref in names:
+                ax.axvline(stats.loc[(task, ref), "mean"], color=REFERENCE_GREY, linestyle=style, linewidth=1.5)
+        marked = [(yi, paper[(task, v)]) for yi, v in zip(y, names) if (task, v) in paper]
+        if marked:
+            ax.plot([p for _, p in marked], [yi for yi, _ in marked], "D", color="black", markersize=7)
+        seeds = rows_here["count"]
+        count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
+        ax.set_title(f"{task_label(task)} ({count} seed{'s' if seeds.max() > 1 else ''})")
+        ax.set_yticks(y, [variant_label(v) for v in names])
+        ax.set_ylim(rows[i // ncols] - 0.5, -0.5)  # bars as thick as in the row's fullest panel
+        ax.set_xlim(0, top * 1.05)
+        ax.set_xlabel(label)
+        ax.grid(axis="y", visible=False)
+    for ax in flat[len(tasks):]:
+        fig.delaxes(ax)
+    handles = [Patch(color=FAMILY_COLOURS["reference"], label="reference row"),
+               Patch(color=FAMILY_COLOURS["mmt"], label="MMT"),
+               Patch(color=FAMILY_COLOURS["ablation"], label="Table 2 ablation")]
+    handles += [Line2D([], [], color=REFERENCE_GREY, linestyle=s, label=f"{variant_label(r)}: level")
+                for r, s in zip(references, (":", "--"))]
+    if paper:
+        handles.append(Line2D([], [], marker="D", color="black", linestyle="none", label="paper (ResNet-50, real data)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
+    fig.suptitle(f"Target-domain {label} per transfer task: mean over seeds, whiskers min–max")
+    return finish(fig)
 
 
+@styled
 def image_grid(
-    images: list[np.ndarray | Image.Image],
+    images: Sequence[np.ndarray | Image.Image | None],
     nrows: int,
     ncols: int,
-    titles: list[str] | None = None,
+    titles: Sequence[str] | None = None,
+    row_labels: Sequence[str] | None = None,
+    max_cols: int = 10,
+    cell_width: float = 0.9,
 ) -> Figure:
     """A gallery of images ([H, W], [H, W, 1], [H, W, 3] or [H, W, 4] arrays, or PIL images).
 
-    Filled row by row; cells beyond ``len(images)`` stay blank.
+    Filled row by row; a ``None`` image and cells beyond ``len(images)`` stay blank. A row of more
+    than ``max_cols`` images wraps onto as many lines as it needs, evenly filled (15 cameras: two
+    lines of 8), so that each image stays about ``cell_width`` inches wide. ``row_labels`` name
+    each row at its left.
     """
     if nrows < 1 or ncols < 1:
         raise ValueError(f"nrows and ncols must be >= 1, got nrows={nrows}, ncols={ncols}")
@@ -199,24 +325,52 @@ def image_grid(
         raise ValueError(f"{len(images)} images do not fit a {nrows} x {ncols} grid")
     if titles is not None and len(titles) != len(images):
         raise ValueError(f"titles has {len(titles)} entries for {len(images)} images")
+    if row_labels is not None and len(row_labels) != nrows:
+        raise ValueError(f"row_labels has {len(row_labels)} entries for {nrows} rows")
+    if max_cols < 1:
+        raise ValueError(f"max_cols must be >= 1, got {max_cols}")
 
-    fig, axes = _new_figure(nrows, ncols, figsize=(1.6 * ncols, 2.6 * nrows))
-    for i, ax in enumerate(axes.ravel()):
-        ax.axis("off")
-        if i >= len(images):
+    pixels = [None if image is None else _pixels(i, image) for i, image in enumerate(images)]
+    shapes = [p.shape[:2] for p in pixels if p is not None]
+    aspect = float(np.median([h / w for h, w in shapes])) if shapes else 2.0
+    lines = math.ceil(ncols / max_cols)
+    cols = math.ceil(ncols / lines)
+    label_width = 0.35 if row_labels is not None else 0.0
+    width = min(cell_width, (MAX_WIDTH_IN - label_width) / cols)
+    height = width * aspect + (0.3 if titles is not None else 0.05)
+    fig, axes = _new_figure(nrows * lines, cols, figsize=(width * cols + label_width, height * nrows * lines))
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    for i, image in enumerate(pixels):
+        row, col = divmod(i, ncols)
+        line, col = divmod(col, cols)
+        ax = axes[row * lines + line, col]
+        if image is None:
             continue
-        pixels = np.asarray(images[i])
-        if pixels.ndim == 3 and pixels.shape[-1] == 1:
-            pixels = pixels[..., 0]
-        if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
-            raise ValueError(
-                f"image {i} has shape {pixels.shape}; expected [H, W] or [H, W, C] with C in 1, 3, 4 "
-                "(a [C, H, W] tensor needs .permute(1, 2, 0))"
-            )
-        ax.imshow(pixels, cmap="gray" if pixels.ndim == 2 else None)
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
         if titles is not None:
-            ax.set_title(titles[i], fontsize="small")
-    return fig
+            ax.set_title(titles[i], fontsize=MIN_FONT_PT)
+    if row_labels is not None:
+        for row, text in enumerate(row_labels):
+            ax = axes[row * lines, 0]
+            ax.set_axis_on()
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(False)
+            ax.set_ylabel(text)
+    return finish(fig)
+
+
+def _pixels(index: int, image: np.ndarray | Image.Image) -> np.ndarray:
+    pixels = np.asarray(image)
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    if not (pixels.ndim == 2 or (pixels.ndim == 3 and pixels.shape[-1] in (3, 4))):
+        raise ValueError(
+            f"image {index} has shape {pixels.shape}; expected [H, W] or [H, W, C] with C in 1, 3, 4 "
+            "(a [C, H, W] tensor needs .permute(1, 2, 0))"
+        )
+    return pixels
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 150) -> Path:
@@ -250,6 +404,5 @@ def run_figures(history: list[dict[str, Any]], title: str) -> list[Figure]:
     if curves:
         figures.append(plot_training_curves(history, curves, title=title))
     if quality:
-        figures.append(plot_training_curves(history, quality, title=f"{title}: pseudo labels vs ground truth"))
+        figures.append(plot_training_curves(history, quality, title=f"{title}: pseudo labels against the true identities"))
     return figures
-

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
 from mmt_lib.analysis import flat_history
 from mmt_lib.checkpoints import METRICS_FILE, write_text_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
-from mmt_lib.plots import plot_results_bars, save_figure
+from mmt_lib.plots import plot_results, save_figure
 
 METRIC_COLUMNS = ["mAP", "top1", "top5", "top10"]
 
@@ -30,6 +31,18 @@ PUBLISHED: dict[tuple[str, str], tuple[float, float, float, float]] = {
     ("duke2msmt", "mmt-kmeans"): (23.3, 50.1, 63.9, 69.8),
 }
 """The paper's ResNet-50 numbers (percent, its Tables 1 and 2): K = 500 for Market/Duke targets, 1500 for MSMT17."""
+
+FIGURE_VARIANTS = ["direct", "baseline", "mmt-kmeans", "mmt-dbscan", *ABLATION_VARIANTS]
+"""Order of the bars in the results figure: the references, the method, then Table 2's rows."""
+
+CURVE_PANELS: dict[str, list[str]] = {
+    "baseline and MMT": ["baseline", "mmt-kmeans", "mmt-dbscan"],
+    "Table 2: without a hard loss": ["baseline", "mmt-kmeans", "mmt-only-soft", "mmt-no-hard-ce",
+                                     "mmt-no-hard-triplet"],
+    "Table 2: without a soft loss": ["baseline", "mmt-kmeans", "mmt-no-soft-ce", "mmt-no-soft-triplet"],
+    "Table 2: who gives the soft labels": ["baseline", "mmt-kmeans", "mmt-own-teacher", "mmt-current-peer"],
+}
+"""Per-epoch curves of one task, grouped so that each panel compares a few rows with the baseline and MMT."""
 
 
 def load_runs(profile_dir: str | Path) -> pd.DataFrame:
@@ -93,6 +106,19 @@ def with_published(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def paper_values(value: str) -> dict[tuple[str, str], float]:
+    """The paper's number for one metric (``mAP``, ``top1``, ...) per (task, variant) it reports."""
+    if value not in METRIC_COLUMNS:
+        raise ValueError(f"the paper reports {METRIC_COLUMNS}, not {value!r}")
+    column = METRIC_COLUMNS.index(value)
+    return {key: numbers[column] for key, numbers in PUBLISHED.items()}
+
+
+def results_figure(runs: pd.DataFrame, value: str = "mAP") -> Figure:
+    """Every task's variants over seeds, the references as lines and the paper's number as a marker."""
+    return plot_results(runs, value=value, paper=paper_values(value), variants=FIGURE_VARIANTS)
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """A compact Markdown table: ``mean ± std`` cells (sample std; a single seed shows the mean alone)."""
     shown = table[["task", "variant"]].copy()
@@ -119,7 +145,7 @@ def collect(profile_dir: str | Path) -> pd.DataFrame:
         "not a valid unsupervised result. `paper_*`: the paper's ResNet-50 numbers on the real datasets.\n\n"
         + to_markdown(table) + "\n",
     )
-    if len(table):
+    if len(runs):
         for value in ("mAP", "top1"):
-            save_figure(plot_results_bars(table, value=value), profile_dir / "figures" / f"results_{value}.png")
+            save_figure(results_figure(runs, value), profile_dir / "figures" / f"results_{value}.png")
     return table

@@ -12,6 +12,7 @@ import numpy as np
 from mmt_lib.analysis import embed_2d, flat_history, noisy_samples, pseudo_label_quality
 from mmt_lib.checkpoints import METRICS_FILE
 from mmt_lib.paths import project_path
+from mmt_lib.progress import tqdm
 
 SNAPSHOT_DIR = "embeddings"
 _SNAPSHOT = re.compile(r"epoch(\d+)\.npz$")
@@ -48,21 +49,21 @@ def noise_snapshots(
     The same random subset of images is shown for every run and epoch, so panels compare like with like.
     """
     out = []
-    for name, run_dir in run_dirs.items():
-        available = snapshot_epochs(run_dir)
-        for wanted in epochs:
-            epoch = available[wanted]
-            snap = load_snapshot(run_dir, epoch)
-            n = len(snap["true_pids"])
-            keep = np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
-            noisy = noisy_samples(snap["pseudo_labels"], snap["true_pids"])
-            out.append({
-                "run": name, "epoch": epoch,
-                "points": embed_2d(snap["features"][keep], method=method, seed=seed),
-                "true_pids": snap["true_pids"][keep], "pseudo_labels": snap["pseudo_labels"][keep],
-                "noisy": noisy[keep],
-                "quality": pseudo_label_quality(snap["pseudo_labels"], snap["true_pids"]),
-            })
+    available = {name: snapshot_epochs(run_dir) for name, run_dir in run_dirs.items()}
+    views = [(name, run_dir, wanted) for name, run_dir in run_dirs.items() for wanted in epochs]
+    for name, run_dir, wanted in tqdm(views, desc=f"{method} embeddings", unit="view"):
+        epoch = available[name][wanted]
+        snap = load_snapshot(run_dir, epoch)
+        n = len(snap["true_pids"])
+        keep = np.sort(np.random.default_rng(seed).permutation(n)[:max_points])
+        noisy = noisy_samples(snap["pseudo_labels"], snap["true_pids"])
+        out.append({
+            "run": name, "epoch": epoch,
+            "points": embed_2d(snap["features"][keep], method=method, seed=seed),
+            "true_pids": snap["true_pids"][keep], "pseudo_labels": snap["pseudo_labels"][keep],
+            "noisy": noisy[keep],
+            "quality": pseudo_label_quality(snap["pseudo_labels"], snap["true_pids"]),
+        })
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -74,6 +75,26 @@ def test_run_then_collect_writes_results_and_executed_notebooks(grid, capfd):
     assert "| duke2market | mmt-kmeans" in (profile_dir / "results.md").read_text()
     assert (profile_dir / "figures" / "results_mAP.png").stat().st_size > 0
     assert (profile_dir / "04_results.ipynb").exists()
+
+
+def test_executed_notebooks_hold_progress_as_text_lines_and_no_stray_value(grid):
+    """papermill's copies: a finished line per outer bar, no widget, no warning, no Out[] value."""
+    notebooks = sorted((grid / "runs" / "smoke").rglob("0*.ipynb"))
+    assert {p.stem for p in notebooks} >= {"00_data_tour", "01_pretrain", "02_mmt", "03_pseudo_label_noise"}
+    for path in notebooks:
+        for cell in json.loads(path.read_text())["cells"]:
+            for out in cell.get("outputs", []):
+                assert out["output_type"] not in ("execute_result", "error"), (path, cell["source"])
+                assert not any("widget" in mime for mime in out.get("data", {})), path
+                if out["output_type"] != "stream":
+                    continue
+                text = "".join(out["text"])
+                assert "IProgress" not in text and "TqdmWarning" not in text, path
+                assert text.strip(), f"{path}: a stream of blanks"
+                bars = [line for line in text.splitlines() if re.search(r"\d+%\|", line)]
+                assert all("100%|" in line for line in bars), (path, bars)  # nested bars left no line
+                names = [line.split(":")[0] for line in bars]
+                assert len(names) == len(set(names)), (path, bars)  # one line per bar, not per update
 
 
 def test_second_run_skips_everything(grid):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from mmt_lib.checkpoints import remove_dead_temps, temp_token
+from mmt_lib.progress import tqdm
 
 from .synthetic_render import (
     OUT_H,

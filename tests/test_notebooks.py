@@ -1,0 +1,65 @@
+"""The committed notebooks as a reader meets them: every parameter does something, paths say where
+they resolve, no cell prints a stray value, and the data tour follows its profile."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+import pytest
+
+from mmt_lib import tour
+
+NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
+PATH_SUFFIXES = ("_dir", "_dirs", "_root")
+
+
+def code_cells(path: Path) -> list[str]:
+    cells = json.loads(path.read_text())["cells"]
+    return ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+
+
+def parameters(path: Path) -> dict[str, int]:
+    """Name -> line number of each assignment in the parameters cell (the first code cell)."""
+    return {target.id: node.lineno for node in ast.parse(code_cells(path)[0]).body
+            for target in node.targets}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_declared_parameter_is_used_after_the_parameters_cell(path):
+    read = {node.id for cell in code_cells(path)[1:] for node in ast.walk(ast.parse(cell))
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    unused = sorted(set(parameters(path)) - read)
+    assert not unused, f"{path.name} declares {unused} but no later cell reads them"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_path_parameters_say_relative_paths_resolve_against_the_project_folder(path):
+    lines = code_cells(path)[0].splitlines()
+    paths = {name: line for name, line in parameters(path).items() if name.endswith(PATH_SUFFIXES)}
+    assert paths, f"{path.name} declares no path parameter"
+    for name, line in paths.items():
+        said = lines[line - 1] + (lines[line - 2] if line > 1 else "")
+        assert "relative path" in said and "project folder" in said, f"{path.name}: {name} says nothing of it"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_no_cell_ends_in_a_value_that_jupyter_would_print(path):
+    for cell in code_cells(path):
+        body = ast.parse(cell).body
+        if not body or not isinstance(body[-1], ast.Expr) or cell.rstrip().endswith(";"):
+            continue
+        value = body[-1].value
+        shown = not (isinstance(value, ast.Call) and isinstance(value.func, ast.Name)
+                     and value.func.id in ("display", "print"))
+        assert not shown, f"{path.name}: the cell ending in {ast.unparse(value)!r} prints its value as Out[]"
+
+
+def test_the_data_tour_takes_its_sizes_and_domains_from_the_profile(tmp_path):
+    domains = tour.load_domains(None, str(tmp_path), profile="smoke")
+    assert [d.name for d in domains] == ["synth-market", "synth-duke", "synth-msmt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "synth-duke-tiny-seed0", "synth-market-tiny-seed0", "synth-msmt-tiny-seed0"]
+    with pytest.raises(ValueError, match="unknown profile 'smok'"):
+        tour.load_domains(None, str(tmp_path), profile="smok")
