@@ -128,7 +128,11 @@ def _split(key: str) -> tuple[str, str]:
 
 
 def metric_label(key: str, unit: bool = True) -> str:
-    """Words for a history or table key, e.g. ``pseudo_labels.pairwise_precision`` -> "pseudo-label pairwise precision"."""
+    """Words (and unit) for a history or table key.
+
+    ``pseudo_labels.pairwise_precision`` -> "pseudo-label pairwise precision", ``net1.mAP`` ->
+    "network 1 mAP (%)"; an unknown key keeps its name with spaces for underscores.
+    """
     section, name = _split(key)
     words, suffix, _ = _METRICS.get(name, (name.replace("_", " "), "", 1.0))
     if section:

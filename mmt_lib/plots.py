@@ -250,10 +250,12 @@ def plot_results(
     paper = paper or {}
     stats = runs.groupby(["task", "variant"], sort=False)[value].agg(["mean", "min", "max", "count"])
     order = {v: i for i, v in enumerate(variants or [])}
+    first_seen = {v: i for i, v in enumerate(pd.unique(runs["variant"]))}
     tasks = list(pd.unique(runs["task"]))
     per_task = {t: sorted(pd.unique(runs.loc[runs["task"] == t, "variant"]),
-                          key=lambda v: (order.get(v, len(order)), list(pd.unique(runs["variant"])).index(v)))
+                          key=lambda v: (order.get(v, len(order)), first_seen[v]))
                 for t in tasks}
+    families = {v: _family(v, references) for v in first_seen}
 
     ncols = min(2, len(tasks))
     nrows = math.ceil(len(tasks) / ncols)
@@ -263,6 +265,7 @@ def plot_results(
     label = metric_label(value)
     top = max(stats["max"].max(), max((paper.get((t, v), 0.0) for t in tasks for v in per_task[t]), default=0.0))
     flat = axes.ravel()
+    any_marked = False
     for i, (ax, task) in enumerate(zip(flat, tasks)):
         names = per_task[task]
         rows_here = stats.loc[[(task, v) for v in names]]
@@ -270,7 +273,7 @@ def plot_results(
         means = rows_here["mean"].to_numpy(float)
         spread = np.vstack([means - rows_here["min"].to_numpy(float), rows_here["max"].to_numpy(float) - means])
         spread[:, rows_here["count"].to_numpy() < 2] = np.nan  # one seed: no spread to show
-        ax.barh(y, means, height=0.7, color=[FAMILY_COLOURS[_family(v, references)] for v in names])
+        ax.barh(y, means, height=0.7, color=[FAMILY_COLOURS[families[v]] for v in names])
         ax.errorbar(means, y, xerr=spread, fmt="none", ecolor="black", capsize=3, linewidth=1.2)
         for yi, m in zip(y, means):  # the means in a column right of the panel, clear of every mark
             ax.text(1.01, yi, f"{m:.1f}", transform=ax.get_yaxis_transform(), va="center", ha="left")
@@ -280,6 +283,7 @@ def plot_results(
         marked = [(yi, paper[(task, v)]) for yi, v in zip(y, names) if (task, v) in paper]
         if marked:
             ax.plot([p for _, p in marked], [yi for yi, _ in marked], "D", color="black", markersize=7)
+            any_marked = True
         seeds = rows_here["count"]
         count = f"{seeds.min()}" if seeds.min() == seeds.max() else f"{seeds.min()}–{seeds.max()}"
         ax.set_title(f"{task_label(task)} ({count} seed{'s' if seeds.max() > 1 else ''})")
@@ -290,13 +294,14 @@ def plot_results(
         ax.grid(axis="y", visible=False)
     for ax in flat[len(tasks):]:
         fig.delaxes(ax)
-    handles = [Patch(color=FAMILY_COLOURS["reference"], label="reference row"),
-               Patch(color=FAMILY_COLOURS["mmt"], label="MMT"),
-               Patch(color=FAMILY_COLOURS["ablation"], label="Table 2 ablation")]
+    handles: list[Any] = [Patch(color=FAMILY_COLOURS[f], label=text) for f, text in
+                          (("reference", "reference row"), ("mmt", "MMT"), ("ablation", "Table 2 ablation"))
+                          if f in families.values()]
     handles += [Line2D([], [], color=REFERENCE_GREY, linestyle=s, label=f"{variant_label(r)}: level")
-                for r, s in zip(references, (":", "--"))]
-    if paper:
-        handles.append(Line2D([], [], marker="D", color="black", linestyle="none", label="paper (ResNet-50, real data)"))
+                for r, s in zip(references, (":", "--")) if r in first_seen]
+    if any_marked:
+        handles.append(Line2D([], [], marker="D", color="black", linestyle="none",
+                              label="paper (ResNet-50, real data)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
     fig.suptitle(f"Target-domain {label} per transfer task: mean over seeds, whiskers min–max")
     return finish(fig)
@@ -404,5 +409,6 @@ def run_figures(history: list[dict[str, Any]], title: str) -> list[Figure]:
     if curves:
         figures.append(plot_training_curves(history, curves, title=title))
     if quality:
-        figures.append(plot_training_curves(history, quality, title=f"{title}: pseudo labels against the true identities"))
+        figures.append(plot_training_curves(history, quality,
+                                            title=f"{title}: pseudo labels against the true identities"))
     return figures

@@ -7,9 +7,13 @@ import ast
 import json
 from pathlib import Path
 
-import pytest
+import matplotlib
 
-from mmt_lib import tour
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+
+from mmt_lib import tour  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 PATH_SUFFIXES = ("_dir", "_dirs", "_root")
@@ -63,3 +67,7 @@ def test_the_data_tour_takes_its_sizes_and_domains_from_the_profile(tmp_path):
         "synth-duke-tiny-seed0", "synth-market-tiny-seed0", "synth-msmt-tiny-seed0"]
     with pytest.raises(ValueError, match="unknown profile 'smok'"):
         tour.load_domains(None, str(tmp_path), profile="smok")
+    msmt = domains[2]
+    grid = tour.identity_camera_grid(msmt, identities=2)  # 15 cameras: two lines of 8 per identity
+    assert msmt.num_cams == 15 and len(grid.axes) == 2 * 2 * 8
+    assert grid.get_size_inches()[0] <= 10.0
