@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm, trange
 
-from mmt_lib import distributed
+from mmt_lib import distributed, provenance
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import load_checkpoint, save_arrays_atomic, save_checkpoint
 from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig
@@ -332,6 +332,7 @@ def _restore(networks: Networks, path: Path, cfg: RunConfig, device: torch.devic
 def run_variant(cfg: RunConfig, out_dir: str | Path, pretrained_dirs: list[str]) -> dict[str, Any]:
     """The run a batch grid cell means: ``direct`` evaluates Stage I network 1, every other variant trains."""
     checkpoints = [project_path(d) / PRETRAIN_CHECKPOINT for d in pretrained_dirs]
+    provenance.check_pretrained(cfg, checkpoints)
     if cfg.variant == "direct":
         return evaluate_direct(cfg, checkpoints[0])
     return train_mmt(cfg, project_path(out_dir), tuple(checkpoints))

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import trange
 
-from mmt_lib import distributed
+from mmt_lib import distributed, provenance
 from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
@@ -96,6 +96,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
         if distributed.is_main():  # one writer; the others have nothing to wait for
             save_checkpoint(out_dir / CHECKPOINT, {
                 "stage": "pretrain", "epoch": epoch, "config_hash": cfg.config_hash(),
+                "provenance": provenance.record(cfg),
                 "arch": cfg.model.arch, "num_classes": source.num_train_pids,
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
             })
@@ -103,6 +104,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     final = history[-1]
     metrics = {
         "stage": "pretrain", "task": cfg.task, "seed": cfg.seed, "config_hash": cfg.config_hash(),
+        "provenance": provenance.record(cfg),
         "config": cfg.to_dict(), "selection": "last epoch, evaluated on the target (direct transfer)",
         "source": final["source"], "target": final["target"],
         **final["target"], "history": history,
