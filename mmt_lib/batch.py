@@ -284,6 +284,8 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     previous = json.loads(record.read_text()).get("run_hash") if record.exists() else None
     if force or previous != run_hash:
         shutil.rmtree(out_dir, ignore_errors=True)
+    for partial in out_dir.rglob(".*.tmp"):  # files a killed run was writing (the lock says no one else is)
+        partial.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, {"run_hash": run_hash, "notebook": run.notebook, "started": time.time()})
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -316,9 +318,11 @@ def _work(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None, d
     """A worker process: one run, its failure record (or None) sent back, then exit.
 
     It ends when the driver ends, however the driver ends, and takes its kernel along; SIGINT
-    (the terminal's Ctrl-C reaches the whole process group) is the driver's to handle, and stays
-    ignored, as the driver started this process.
+    (the terminal's Ctrl-C reaches the whole process group) is the driver's to handle, so it is
+    ignored here.
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C pending since the start is dropped
     lifeline.die_with_parent(signal.SIGTERM, driver)
     signal.signal(signal.SIGTERM, _end_worker)
     results.send(execute(run, run_hash, force, threads, gpu))
@@ -329,9 +333,13 @@ def _end_worker(signum: int, frame: Any) -> None:
     """Stop this worker's kernel (its whole process group) and leave at once, without a traceback."""
     for manager in _KERNELS:
         process = manager.provisioner.process if manager.provisioner else None
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-        Path(manager.connection_file).unlink(missing_ok=True)
+        try:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            if manager.connection_file:
+                Path(manager.connection_file).unlink(missing_ok=True)
+        except OSError:
+            continue
     os._exit(128 + signum)
 
 
@@ -438,16 +446,20 @@ def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool
 
 def _start_worker(context: Any, run: Run, run_hash: str, force: bool, threads: int, gpu: str | None,
                   slot: int) -> _Worker:
-    """Start a worker from this (main) thread, which the worker's parent-death signal is tied to;
-    it inherits SIGINT ignored, so that Ctrl-C reaches the driver alone from its first instant."""
+    """Start a worker from this (main) thread, which the worker's parent-death signal is tied to.
+
+    SIGINT is blocked meanwhile: the worker inherits it blocked until it ignores it (Ctrl-C reaches
+    the driver alone from the worker's first instant), and a Ctrl-C of this moment reaches the
+    driver once it is unblocked, instead of being lost.
+    """
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_work, args=(run, run_hash, force, threads, gpu, os.getpid(), send),
                               name=f"run {run.run_id}")
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         process.start()
     finally:
-        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     send.close()
     return _Worker(process, receive, slot)
 
