@@ -92,7 +92,11 @@ def execute_notebook(notebook: str, output: Path, parameters: dict[str, Any]) ->
 
 @dataclass(frozen=True)
 class Run:
-    """One notebook execution with its parameters and the runs it depends on."""
+    """One notebook execution with its parameters and the runs it depends on.
+
+    Relative paths among the parameters (``out_dir``, ``data_root``) start at the project folder:
+    the notebooks run there, and the driver resolves ``out_dir`` against it too.
+    """
 
     notebook: str
     task: str
