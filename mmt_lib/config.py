@@ -365,7 +365,7 @@ RANGES: dict[str, _Range] = {
 def _type_fits(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
-    if hint in (int, float):  # JSON true is no count; 2.0 is no count either; 1 is a fine learning rate
+    if hint in (int, float):  # true is not a count, nor is 2.0; but 1 is a fine learning rate
         return not isinstance(value, bool) and isinstance(value, int if hint is int else (int, float))
     if hint is str or hint is type(None):
         return isinstance(value, hint)
