@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 # Every notebook for the four tasks and the Table 2 ablations, then the results tables and figures.
 reproduce: setup
 	$(PY) -m mmt_lib.batch run --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS)
-	$(PY) -m mmt_lib.batch collect --profile $(PROFILE)
+	$(PY) -m mmt_lib.batch collect --profile $(PROFILE) --seeds $(SEEDS)
 
 # Is every synthetic target learnable and the gap to it real? Stage I only, about 8 minutes on 2 cores;
 # exits with status 3 when a number is outside its band.

@@ -7,51 +7,77 @@ and one pseudo-label-noise notebook per task and seed. Each run executes one not
 papermill into ``runs/<profile>/<task>/<variant>/seed<k>/``.
 
 A run is done only when its ``metrics.json`` exists and carries the run's hash: the notebook's
-code cells, its parameters, the library version and the hashes of the runs it depends on.
-``run`` skips done runs, resumes interrupted ones from their checkpoint and starts changed ones
-afresh.
+code cells, its parameters, the library version and the hashes of the runs it depends on
+(``run_state`` says which of done, stale, unfinished, todo or corrupt a run is; ``plan``, ``run``
+and ``collect`` all ask it). ``run`` skips done runs, resumes interrupted ones from their
+checkpoint and starts changed ones afresh; ``collect`` reports done runs only.
+
+``run`` holds the runs folder (``mmt_lib.runlock``) while it works. SIGINT or SIGTERM start no new
+run, stop the running ones and their kernels, and end the driver within seconds, saying what to
+rerun; its workers and their kernels also end when the driver is killed (``mmt_lib.lifeline``).
+papermill, pyzmq and jupyter_client are imported only where a notebook executes.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import fnmatch
+import functools
 import hashlib
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import papermill
-import zmq
-from jupyter_client.manager import AsyncKernelManager
-from papermill.exceptions import PapermillExecutionError
-
-from mmt_lib import __version__
-from mmt_lib.checkpoints import METRICS_FILE, write_json_atomic
-from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS, PROFILES, TASKS
+from mmt_lib import __version__, lifeline, runlock
+from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_json_atomic
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
 from mmt_lib.paths import PROJECT_ROOT, project_path
 from mmt_lib.progress import tqdm
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RUN_RECORD = "run.json"
+RUN_STATES = ("done", "stale", "unfinished", "todo", "corrupt")
+"""done: metrics carry the current hash; stale: metrics of an older hash; unfinished: started, no
+stamped metrics yet; todo: never started; corrupt: ``metrics.json`` is not readable JSON."""
+
+_KERNELS: list[Any] = []
+"""The kernel managers this worker process started, so that a stop can take their kernels along."""
 
 
-class _CurveKernelManager(AsyncKernelManager):
-    """Encrypts the kernel's local TCP link (CurveZMQ) where pyzmq and jupyter_client can.
+@functools.cache
+def _kernel_manager_class() -> type:
+    """jupyter_client's async kernel manager, with an encrypted link and a kernel that dies with its worker.
 
-    Recent ipykernel prints a plain-TCP warning at every kernel start: once per run in a batch log.
+    CurveZMQ encrypts the kernel's local TCP link where pyzmq and jupyter_client can: recent
+    ipykernel prints a plain-TCP warning at every kernel start, once per run in a batch log. The
+    kernel leads its own process group (jupyter_client starts it in a new session, out of reach of
+    the terminal's Ctrl-C) and receives SIGKILL when the worker that started it ends.
     """
+    import zmq
+    from jupyter_client.manager import AsyncKernelManager
 
-    def __init__(self, **kwargs: Any) -> None:
-        if zmq.has("curve") and "transport_encryption" in AsyncKernelManager.class_trait_names():
-            kwargs.setdefault("transport_encryption", "auto")
-        super().__init__(**kwargs)
+    class KernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs: Any) -> None:
+            if zmq.has("curve") and "transport_encryption" in AsyncKernelManager.class_trait_names():
+                kwargs.setdefault("transport_encryption", "auto")
+            super().__init__(**kwargs)
+
+        async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+            kw["preexec_fn"] = lifeline.dying_with_parent(signal.SIGKILL)
+            await super()._async_launch_kernel(kernel_cmd, **kw)
+            _KERNELS.append(self)
+
+    return KernelManager
 
 
 def execute_notebook(notebook: str, output: Path, parameters: dict[str, Any]) -> None:
@@ -60,14 +86,20 @@ def execute_notebook(notebook: str, output: Path, parameters: dict[str, Any]) ->
     Each cell's text output is stored as the terminal would show it: a progress bar's redraws
     (carriage returns) collapse to its last state, one line per bar.
     """
+    import papermill
+
     papermill.execute_notebook(str(NOTEBOOKS / f"{notebook}.ipynb"), str(output), parameters=parameters,
                                kernel_name="python3", progress_bar=False, cwd=str(PROJECT_ROOT),
-                               kernel_manager_class=_CurveKernelManager, coalesce_streams=True)
+                               kernel_manager_class=_kernel_manager_class(), coalesce_streams=True)
 
 
 @dataclass(frozen=True)
 class Run:
-    """One notebook execution with its parameters and the runs it depends on."""
+    """One notebook execution with its parameters and the runs it depends on.
+
+    Relative paths among the parameters (``out_dir``, ``data_root``) start at the project folder:
+    the notebooks run there, and the driver resolves ``out_dir`` against it too.
+    """
 
     notebook: str
     task: str
@@ -92,7 +124,11 @@ def plan(
     seeds: list[int] | None = None,
     tasks: list[str] | None = None,
 ) -> list[Run]:
-    """The grid for ``profile`` in dependency order."""
+    """The grid for ``profile`` in dependency order.
+
+    A relative ``runs_dir`` starts at the project folder (where the notebooks run), not at the
+    current directory: the runs' ``out_dir`` parameters keep it relative.
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
     seeds = seeds or [1]
@@ -138,8 +174,17 @@ def with_parameters(runs: list[Run], extra: dict[str, Any]) -> list[Run]:
 
 
 def notebook_parameters(notebook: str) -> set[str]:
-    """The names declared in a notebook's ``parameters`` cell."""
-    return set(papermill.inspect_notebook(str(NOTEBOOKS / f"{notebook}.ipynb")))
+    """The names assigned in a notebook's ``parameters`` cell (plain literals, so ``ast`` reads them
+    without papermill)."""
+    cells = json.loads((NOTEBOOKS / f"{notebook}.ipynb").read_text())["cells"]
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        return set()
+    names = set()
+    for statement in ast.parse("".join(tagged[0]["source"])).body:
+        targets = statement.targets if isinstance(statement, ast.Assign) else [getattr(statement, "target", None)]
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
 
 
 def check_parameters(runs: list[Run]) -> None:
@@ -182,14 +227,23 @@ def run_hashes(runs: list[Run]) -> dict[str, str]:
     return hashes
 
 
-def is_done(run: Run, run_hash: str) -> bool:
-    path = project_path(run.parameters["out_dir"]) / METRICS_FILE
+def run_state(run: Run, run_hash: str) -> str:
+    """One of ``RUN_STATES``: the one judgement of a run's folder that ``plan``, ``run`` and ``collect`` share."""
+    out_dir = project_path(run.parameters["out_dir"])
+    path = out_dir / METRICS_FILE
     if not path.exists():
-        return False
+        return "unfinished" if (out_dir / RUN_RECORD).exists() else "todo"
     try:
-        return json.loads(path.read_text()).get("run_hash") == run_hash
-    except json.JSONDecodeError:
-        return False
+        stamp = read_metrics(path).get("run_hash")
+    except ValueError:
+        return "corrupt"
+    if stamp is None:  # the notebook wrote its metrics; the driver had not stamped them yet
+        return "unfinished"
+    return "done" if stamp == run_hash else "stale"
+
+
+def is_done(run: Run, run_hash: str) -> bool:
+    return run_state(run, run_hash) == "done"
 
 
 def select(runs: list[Run], only: list[str] | None, shard: str | None) -> list[Run]:
@@ -227,11 +281,15 @@ def _parse_shard(shard: str) -> tuple[int, int]:
 
 def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None) -> dict[str, Any] | None:
     """Execute one run with papermill; returns a failure record or None. Runs in a worker process."""
+    from papermill.exceptions import PapermillExecutionError
+
     out_dir = project_path(run.parameters["out_dir"])
     record = out_dir / RUN_RECORD
     previous = json.loads(record.read_text()).get("run_hash") if record.exists() else None
     if force or previous != run_hash:
         shutil.rmtree(out_dir, ignore_errors=True)
+    for partial in out_dir.rglob(".*.tmp"):  # files a killed run was writing (the lock says no one else is)
+        partial.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json_atomic(record, {"run_hash": run_hash, "notebook": run.notebook, "started": time.time()})
     os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -250,45 +308,176 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     if not metrics_path.exists():
         return {"run": run.run_id, "notebook": str(output), "cell": None,
                 "error": "the notebook finished without writing metrics.json"}
-    metrics = json.loads(metrics_path.read_text())
+    try:
+        metrics = read_metrics(metrics_path)
+    except ValueError as err:
+        return {"run": run.run_id, "notebook": str(output), "cell": None, "error": str(err)}
     metrics["run_hash"] = run_hash
     write_json_atomic(metrics_path, metrics)
     return None
 
 
-def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool = True) -> list[dict[str, Any]]:
-    """Execute what is not done, wave by wave (a run starts once its upstream runs are done)."""
+def _work(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None, driver: int,
+          results: multiprocessing.connection.Connection) -> None:
+    """A worker process: one run, its failure record (or None) sent back, then exit.
+
+    It ends when the driver ends, however the driver ends, and takes its kernel along; SIGINT
+    (the terminal's Ctrl-C reaches the whole process group) is the driver's to handle, so it is
+    ignored here.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C pending since the start is dropped
+    lifeline.die_with_parent(signal.SIGTERM, driver)
+    signal.signal(signal.SIGTERM, _end_worker)
+    results.send(execute(run, run_hash, force, threads, gpu))
+    results.close()
+
+
+def _end_worker(signum: int, frame: Any) -> None:
+    """Stop this worker's kernel (its whole process group) and leave at once, without a traceback."""
+    for manager in _KERNELS:
+        process = manager.provisioner.process if manager.provisioner else None
+        try:
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+            if manager.connection_file:
+                Path(manager.connection_file).unlink(missing_ok=True)
+        except OSError:
+            continue
+    os._exit(128 + signum)
+
+
+@dataclass
+class _Worker:
+    process: multiprocessing.process.BaseProcess
+    results: multiprocessing.connection.Connection
+    slot: int
+
+    def outcome(self, run: Run) -> dict[str, Any] | None:
+        if self.results.poll():
+            return self.results.recv()
+        return {"run": run.run_id, "notebook": None, "cell": None,
+                "error": f"the worker process ended without a result (exit code {self.process.exitcode})"}
+
+
+class _StopRequest:
+    """SIGINT and SIGTERM become a request to stop, read between steps (``signum``); handlers restored after."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@dataclass
+class Outcome:
+    """What ``run_grid`` did: failure records, the runs it finished, the runs of the plan still not
+    done, and the signal that stopped it (None: it ran to the end)."""
+
+    failures: list[dict[str, Any]]
+    finished: list[str]
+    unfinished: list[str]
+    stopped_by: int | None = None
+
+
+def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool = True) -> Outcome:
+    """Execute what is not done, up to ``jobs`` at a time; a run starts once its upstream runs are done.
+
+    On SIGINT or SIGTERM no further run starts and the running ones are stopped, their kernels with
+    them; what they checkpointed stays, so the same command resumes them.
+    """
     check_parameters(runs)
-    hashes = run_hashes(runs)
-    todo = [r for r in runs if force or not is_done(r, hashes[r.run_id])]
-    failures: list[dict[str, Any]] = []
-    failed: set[str] = set()
-    threads = max(1, (os.cpu_count() or 1) // max(1, jobs))
-    gpus = _visible_gpus()
-    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
-    pending = list(todo)
-    with ProcessPoolExecutor(max_workers=max(1, jobs)) as pool:
-        while pending:
-            ready_ids = {r.run_id for r in pending}
-            wave = [r for r in pending if not any(u in ready_ids for u in r.upstream)]
-            pending = [r for r in pending if r not in wave]
-            blocked = [r for r in wave if any(u in failed for u in r.upstream)]
-            for r in blocked:
-                failed.add(r.run_id)
-                failures.append({"run": r.run_id, "notebook": None, "cell": None,
-                                 "error": "skipped: an upstream run failed"})
-                bar.update(1)
-            wave = [r for r in wave if r not in blocked]
-            futures = {pool.submit(execute, r, hashes[r.run_id], force, threads,
-                                   gpus[i % len(gpus)] if gpus else None): r for i, r in enumerate(wave)}
-            for future, r in futures.items():
-                failure = future.result()
+    with _StopRequest() as stop:
+        hashes = run_hashes(runs)
+        todo = [r for r in runs if force or not is_done(r, hashes[r.run_id])]
+        done = {r.run_id for r in runs} - {r.run_id for r in todo}
+        failures: list[dict[str, Any]] = []
+        failed: set[str] = set()
+        finished: list[str] = []
+        jobs = max(1, jobs)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        gpus = _visible_gpus() if todo else []
+        bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
+        context = multiprocessing.get_context("spawn")
+        pending = list(todo)
+        running: dict[str, _Worker] = {}
+        by_id = {r.run_id: r for r in runs}
+        while (pending or running) and stop.signum is None:
+            for run in list(pending):
+                if any(u in failed for u in run.upstream):
+                    pending.remove(run)
+                    failed.add(run.run_id)
+                    failures.append({"run": run.run_id, "notebook": None, "cell": None,
+                                     "error": "skipped: an upstream run failed"})
+                    bar.update(1)
+                elif len(running) < jobs and all(u in done for u in run.upstream):
+                    pending.remove(run)
+                    slot = min(set(range(jobs)) - {w.slot for w in running.values()})
+                    gpu = gpus[slot % len(gpus)] if gpus else None
+                    running[run.run_id] = _start_worker(context, run, hashes[run.run_id], force, threads, gpu, slot)
+            if not running:
+                continue
+            multiprocessing.connection.wait([w.process.sentinel for w in running.values()], timeout=0.5)
+            for run_id, worker in list(running.items()):
+                if worker.process.exitcode is None:
+                    continue
+                del running[run_id]
+                failure = worker.outcome(by_id[run_id])
                 if failure:
-                    failed.add(r.run_id)
+                    failed.add(run_id)
                     failures.append(failure)
+                else:
+                    done.add(run_id)
+                    finished.append(run_id)
                 bar.update(1)
-    bar.close()
-    return failures
+        if stop.signum is not None:
+            _stop_workers(list(running.values()))
+        bar.close()
+    return Outcome(failures, finished, [r.run_id for r in runs if r.run_id not in done], stop.signum)
+
+
+def _start_worker(context: Any, run: Run, run_hash: str, force: bool, threads: int, gpu: str | None,
+                  slot: int) -> _Worker:
+    """Start a worker from this (main) thread, which the worker's parent-death signal is tied to.
+
+    SIGINT is blocked meanwhile: the worker inherits it blocked until it ignores it (Ctrl-C reaches
+    the driver alone from the worker's first instant), and a Ctrl-C of this moment reaches the
+    driver once it is unblocked, instead of being lost.
+    """
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_work, args=(run, run_hash, force, threads, gpu, os.getpid(), send),
+                              name=f"run {run.run_id}")
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    send.close()
+    return _Worker(process, receive, slot)
+
+
+def _stop_workers(workers: list[_Worker], grace_s: float = 10.0) -> None:
+    """SIGTERM to each worker (it kills its kernel and leaves), SIGKILL to any still there after ``grace_s``."""
+    for worker in workers:
+        worker.process.terminate()
+    deadline = time.monotonic() + grace_s
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.exitcode is None:
+            worker.process.kill()
+            worker.process.join()
 
 
 def _visible_gpus() -> list[str]:
@@ -313,52 +502,100 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmt_lib.batch", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    what = {"plan": "list the runs of the plan with their state and hash",
+            "run": "execute the runs of the plan that are not done",
+            "collect": "tables and figures of the plan's done runs; give it the plan arguments run was given"}
     for name in ("plan", "run", "collect"):
-        p = sub.add_parser(name)
+        p = sub.add_parser(name, help=what[name], description=what[name])
         p.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
-        p.add_argument("--runs-dir", default="runs", help="relative paths start at the project folder")
-        if name != "collect":
-            p.add_argument("--seeds", type=int, nargs="+", default=[1])
-            p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS))
-            p.add_argument("--only", nargs="+", default=None, help="run-id globs, e.g. 'duke2market/mmt-*/*'")
-            p.add_argument("--shard", default=None, help="i/n: this machine's share of the grid")
-            p.add_argument("--param", nargs="+", default=[], help="NAME=VALUE given to every notebook")
+        p.add_argument("--runs-dir", default="runs",
+                       help="the folder that holds <profile>/<task>/<variant>/seed<k>/; a relative path starts at "
+                            "the project folder, not at the current directory")
+        p.add_argument("--seeds", type=int, nargs="+", default=[1])
+        p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS))
+        p.add_argument("--only", nargs="+", default=None, help="run-id globs, e.g. 'duke2market/mmt-*/*'")
+        p.add_argument("--shard", default=None, help="i/n: this machine's share of the grid")
+        p.add_argument("--param", nargs="+", default=[],
+                       help="NAME=VALUE given to every notebook that declares NAME; the notebooks run in the "
+                            "project folder, so a relative path (data_root=...) starts there")
         if name == "run":
             p.add_argument("--force", action="store_true")
             p.add_argument("--jobs", type=int, default=1)
+            p.add_argument("--wait", action="store_true",
+                           help="if another driver holds the runs folder, wait for it instead of refusing")
     args = parser.parse_args(argv)
 
-    if args.command == "collect":
-        return _collect(args.profile, project_path(args.runs_dir))
     runs = with_parameters(select(plan(args.profile, args.runs_dir, args.seeds, args.tasks), args.only, args.shard),
                            _parse_params(args.param))
     check_parameters(runs)
+    if args.command == "collect":
+        return _collect(args.profile, project_path(args.runs_dir), runs)
     if args.command == "plan":
         hashes = run_hashes(runs)
         for r in runs:
-            state = "done" if is_done(r, hashes[r.run_id]) else "todo"
-            print(f"{state:4s}  {r.notebook:22s}  {r.run_id:40s}  {hashes[r.run_id]}")
+            print(f"{run_state(r, hashes[r.run_id]):10s}  {r.notebook:22s}  {r.run_id:40s}  {hashes[r.run_id]}")
         return 0
     tic = time.perf_counter()
-    failures = run_grid(runs, force=args.force, jobs=args.jobs)
-    print(f"{len(runs)} runs in the plan, {len(failures)} failed, {time.perf_counter() - tic:.0f} s")
-    for f in failures:
+    try:
+        with runlock.driver_lock(project_path(args.runs_dir) / args.profile, args.shard, args.wait):
+            outcome = run_grid(runs, force=args.force, jobs=args.jobs)
+    except runlock.LockHeld as err:
+        print(err, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # only before run_grid began (waiting for the lock): it turns SIGINT into a stop
+        print("stopped before any run started", file=sys.stderr)
+        return 128 + signal.SIGINT
+    for f in outcome.failures:
         print(f"FAILED {f['run']}: {f['error']} (cell {f['cell']}, notebook {f['notebook']})", file=sys.stderr)
-    return 1 if failures else 0
+    if outcome.stopped_by is not None:
+        print(f"stopped by {signal.Signals(outcome.stopped_by).name} after {time.perf_counter() - tic:.0f} s: "
+              f"{len(runs) - len(outcome.unfinished)} of {len(runs)} runs done, finished now: "
+              f"{', '.join(outcome.finished) or 'none'}; to rerun (the same command resumes them from their "
+              f"checkpoints): {', '.join(outcome.unfinished)}", file=sys.stderr)
+        return 128 + outcome.stopped_by
+    print(f"{len(runs)} runs in the plan, {len(outcome.failures)} failed, {time.perf_counter() - tic:.0f} s")
+    return 1 if outcome.failures else 0
 
 
-def _collect(profile: str, runs_dir: Path) -> int:
+def _collect(profile: str, runs_dir: Path, runs: list[Run]) -> int:
+    """Tables of the plan's done runs; stale, unfinished and corrupt runs are listed apart (exit 1)."""
     from mmt_lib.results import collect
 
     profile_dir = runs_dir / profile
     if not profile_dir.is_dir():
         raise SystemExit(f"no runs for profile {profile!r} under {profile_dir}: run `batch run` first")
-    table = collect(profile_dir)
-    execute_notebook("04_results", profile_dir / "04_results.ipynb", {"profile": profile, "runs_dir": str(runs_dir)})
-    print((profile_dir / "results.md").read_text())
-    print(f"{len(table)} rows -> {profile_dir / 'results.csv'}; figures in {profile_dir / 'figures'}; "
-          f"tables and curves in {profile_dir / '04_results.ipynb'}")
-    return 0
+    hashes = run_hashes(runs)
+    states = {r.run_id: run_state(r, hashes[r.run_id]) for r in runs}
+    current = [r.run_id for r in runs if states[r.run_id] == "done"]
+    table = collect(profile_dir, current)
+    if len(table):
+        execute_notebook("04_results", profile_dir / "04_results.ipynb",
+                         {"profile": profile, "runs_dir": str(runs_dir), "run_ids": current})
+        print((profile_dir / "results.md").read_text())
+        print(f"{len(table)} rows from {len(current)} done runs -> {profile_dir / 'results.csv'}; figures in "
+              f"{profile_dir / 'figures'}; tables and curves in {profile_dir / '04_results.ipynb'}")
+    else:
+        print(f"no done run of the plan has results: {profile_dir / 'results.csv'} is empty", file=sys.stderr)
+    skipped = [r for r in runs if states[r.run_id] != "done"]
+    for state, why in (("stale", "finished under an older hash (notebook, parameters, library or upstream "
+                                 "changed): `batch run` redoes them"),
+                       ("unfinished", "started but not finished: `batch run` resumes them"),
+                       ("todo", "never started: `batch run` runs them")):
+        ids = [r.run_id for r in skipped if states[r.run_id] == state]
+        if ids:
+            print(f"not reported, {len(ids)} {state} run(s), {why}: {', '.join(ids)}", file=sys.stderr)
+    for r in skipped:
+        if states[r.run_id] == "corrupt":
+            try:
+                read_metrics(project_path(r.parameters["out_dir"]) / METRICS_FILE)
+            except ValueError as err:
+                print(f"not reported, corrupt: {err}", file=sys.stderr)
+    planned = {project_path(r.parameters["out_dir"]) for r in runs}
+    outside = [p.parent for p in profile_dir.glob(f"*/*/seed*/{METRICS_FILE}") if p.parent not in planned]
+    if outside:
+        print(f"{len(outside)} run folder(s) under {profile_dir} are outside this plan and were left out "
+              "(give collect the --seeds, --tasks, --only and --param that run was given)", file=sys.stderr)
+    return 1 if skipped else 0
 
 
 if __name__ == "__main__":

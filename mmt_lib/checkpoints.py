@@ -12,8 +12,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from mmt_lib.paths import project_path
 
 
@@ -73,6 +71,8 @@ def remove_dead_temps(root: Path, folder_name: str) -> None:
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     """Save tensors and plain Python values only, so that ``load_checkpoint`` never needs pickle."""
+    import torch  # here, not at the top: the batch driver reads metrics without paying for torch
+
     with replacing(path) as tmp:
         torch.save(state, tmp)
     return Path(path)
@@ -83,6 +83,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
@@ -98,6 +100,31 @@ METRICS_FILE = "metrics.json"
 def save_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     """The last act of a run: the batch driver trusts a run only once this file exists."""
     return write_json_atomic(project_path(out_dir) / METRICS_FILE, metrics)
+
+
+def read_metrics(path: str | Path) -> dict[str, Any]:
+    """A ``metrics.json``; a file that is not a JSON object (truncated, hand-edited) is refused by name."""
+    path = Path(path)
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): delete it and rerun its notebook") from None
+    if not isinstance(metrics, dict):
+        raise ValueError(f"{path} holds a JSON {type(metrics).__name__}, not an object of metrics")
+    return metrics
+
+
+def ensure_writable(folder: str | Path) -> Path:
+    """Create ``folder`` and write a file there: an output folder that cannot be written is refused
+    before any data loads, not at the first checkpoint after an epoch of training."""
+    folder = project_path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise ValueError(f"output folder {folder} cannot be written: {err.strerror or err}") from None
+    return folder
 
 
 def save_arrays_atomic(path: str | Path, **arrays: Any) -> Path:

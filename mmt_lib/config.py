@@ -13,6 +13,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import numbers
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -117,6 +120,8 @@ class MMTConfig:
     min_samples: int = 4
     random_erasing: bool = True
     save_embeddings: bool = False
+    allow_same_pretrained: bool = False
+    """Both students from one Stage I run: refused unless set, as a study of what the second seed brings."""
 
     def term_weights(self) -> dict[str, float]:
         """The weight of each of the four loss terms (the paper's overall objective)."""
@@ -268,6 +273,8 @@ def resolve(
     """
     if stage not in ("pretrain", "mmt"):
         raise ValueError(f"stage must be 'pretrain' or 'mmt', got {stage!r}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r} ({type(seed).__name__})")
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
     if variant not in VARIANTS:
@@ -312,13 +319,115 @@ def resolve(
     return cfg
 
 
+@dataclass(frozen=True)
+class _Range:
+    """An interval for a number; open ends are excluded."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admits(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+_AT_LEAST_0, _AT_LEAST_1, _POSITIVE = _Range(0), _Range(1), _Range(0, low_open=True)
+_FRACTION, _UNIT, _UNIT_OPEN = _Range(0, 1), _Range(0, 1, high_open=True), _Range(0, 1, True, True)
+
+RANGES: dict[str, _Range] = {
+    "seed": _AT_LEAST_0,
+    "data.synthetic_seed": _AT_LEAST_0, "data.height": _AT_LEAST_1, "data.width": _AT_LEAST_1,
+    "data.batch_size": _AT_LEAST_1, "data.num_instances": _AT_LEAST_1, "data.test_batch_size": _AT_LEAST_1,
+    "data.num_workers": _AT_LEAST_0, "data.bn_group_size": _AT_LEAST_1,
+    "model.dropout": _UNIT, "model.backbone_seed": _AT_LEAST_0,
+    "pretrain.epochs": _AT_LEAST_1, "pretrain.iters": _AT_LEAST_1, "pretrain.lr": _POSITIVE,
+    "pretrain.weight_decay": _AT_LEAST_0, "pretrain.warmup_epochs": _AT_LEAST_0,
+    "pretrain.warmup_factor": _Range(0, 1, low_open=True), "pretrain.milestones": _AT_LEAST_1,
+    "pretrain.gamma": _Range(0, 1, low_open=True), "pretrain.label_smoothing": _UNIT,
+    "pretrain.eval_every": _AT_LEAST_1,
+    "mmt.epochs": _AT_LEAST_1, "mmt.iters": _AT_LEAST_1, "mmt.lr": _POSITIVE, "mmt.weight_decay": _AT_LEAST_0,
+    "mmt.soft_ce_weight": _FRACTION, "mmt.soft_tri_weight": _FRACTION, "mmt.ema_alpha": _UNIT,
+    "mmt.label_smoothing": _UNIT, "mmt.num_clusters": _Range(2), "mmt.k1": _AT_LEAST_1, "mmt.k2": _AT_LEAST_1,
+    "mmt.rho": _UNIT_OPEN, "mmt.min_samples": _AT_LEAST_1,
+}
+"""What each number may be (a tuple's entries each); a field not named here may be any value of its type."""
+
+
+def _type_fits(value: Any, hint: Any) -> bool:
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float):  # true is not a count, nor is 2.0; but 1 is a fine learning rate
+        return not isinstance(value, bool) and isinstance(value, int if hint is int else (int, float))
+    if hint is str or hint is type(None):
+        return isinstance(value, hint)
+    if typing.get_origin(hint) is tuple:
+        return isinstance(value, (tuple, list)) and all(_type_fits(v, typing.get_args(hint)[0]) for v in value)
+    return any(_type_fits(value, h) for h in typing.get_args(hint))  # a union: X | None
+
+
+def _type_name(hint: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", type(None): "None"}
+    if hint in names:
+        return names[hint]
+    if typing.get_origin(hint) is tuple:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).removeprefix('an ').removeprefix('a ')}s"
+    return " or ".join(_type_name(h) for h in typing.get_args(hint))
+
+
+def _check_values(cfg: RunConfig) -> None:
+    """Every field of every section: its type, then its range (``RANGES``)."""
+    fields = [("seed", cfg.seed, int)]
+    for section in ("data", "model", "pretrain", "mmt", "runtime"):
+        obj = getattr(cfg, section)
+        hints = typing.get_type_hints(type(obj))
+        fields += [(f"{section}.{f.name}", getattr(obj, f.name), hints[f.name]) for f in dataclasses.fields(obj)]
+    for name, value, hint in fields:
+        if not _type_fits(value, hint):
+            raise ValueError(f"{name} must be {_type_name(hint)}, got {value!r} ({type(value).__name__})")
+        allowed = RANGES.get(name)
+        if allowed is None or value is None:
+            continue
+        for item in value if isinstance(value, (tuple, list)) else [value]:
+            if not allowed.admits(item):
+                number = [h for h in typing.get_args(hint) if h is not type(None)][0] if _type_fits(None, hint) else hint
+                optional = " (or None)" if number is not hint else ""
+                raise ValueError(f"{name} must be {_type_name(number)} {allowed}{optional}, got {value!r}")
+
+
+def _check_names(cfg: RunConfig) -> None:
+    """Settings that name something: a backbone, a synthetic size, a clustering, a teacher."""
+    from mmt_lib.data.synthetic import SIZES  # here: the batch driver imports this module without torch
+    from mmt_lib.models import known_archs
+
+    if cfg.model.arch not in known_archs():
+        raise ValueError(f"model.arch must be one of {known_archs()}, got {cfg.model.arch!r}")
+    if cfg.data.synthetic_size not in SIZES:
+        raise ValueError(f"data.synthetic_size must be one of {list(SIZES)}, got {cfg.data.synthetic_size!r}")
+    if not cfg.data.source or not cfg.data.target:
+        raise ValueError(f"data.source and data.target must name datasets, got {cfg.data.source!r}, "
+                         f"{cfg.data.target!r}")
+    if cfg.mmt.soft_teacher not in SOFT_TEACHERS:
+        raise ValueError(f"mmt.soft_teacher must be one of {SOFT_TEACHERS}, got {cfg.mmt.soft_teacher!r}")
+    if cfg.mmt.clustering not in CLUSTERINGS:
+        raise ValueError(f"mmt.clustering must be one of {CLUSTERINGS}, got {cfg.mmt.clustering!r}")
+
+
 def validate(cfg: RunConfig) -> None:
-    """Refuse settings that would silently train something other than what was asked."""
-    m, d = cfg.mmt, cfg.data
-    if m.soft_teacher not in SOFT_TEACHERS:
-        raise ValueError(f"mmt.soft_teacher must be one of {SOFT_TEACHERS}, got {m.soft_teacher!r}")
-    if m.clustering not in CLUSTERINGS:
-        raise ValueError(f"mmt.clustering must be one of {CLUSTERINGS}, got {m.clustering!r}")
+    """Refuse, before any data loads, settings that would fail later or silently train something
+    other than what was asked: each refusal names the field, the value and what is allowed."""
+    _check_values(cfg)
+    _check_names(cfg)
+    m, d, p = cfg.mmt, cfg.data, cfg.pretrain
     uses_soft = m.soft_ce_weight > 0 or m.soft_tri_weight > 0
     if uses_soft and m.soft_teacher == "none":
         raise ValueError("soft losses have non-zero weight but mmt.soft_teacher is 'none'")
@@ -328,12 +437,13 @@ def validate(cfg: RunConfig) -> None:
         raise ValueError(
             f"data.batch_size ({d.batch_size}) must be a multiple of data.num_instances ({d.num_instances})"
         )
-    if d.bn_group_size is not None and (d.bn_group_size < 1 or d.batch_size % d.bn_group_size):
+    if d.bn_group_size is not None and d.batch_size % d.bn_group_size:
         raise ValueError(
             f"data.bn_group_size ({d.bn_group_size}) must be a positive divisor of data.batch_size ({d.batch_size})"
         )
-    for name in ("soft_ce_weight", "soft_tri_weight"):
-        if not 0.0 <= getattr(m, name) <= 1.0:
-            raise ValueError(f"mmt.{name} must lie in [0, 1], got {getattr(m, name)}")
+    if list(p.milestones) != sorted(set(p.milestones)):
+        raise ValueError(f"pretrain.milestones must be increasing epochs, got {list(p.milestones)}")
+    if m.k2 > m.k1 + 1:
+        raise ValueError(f"mmt.k2 must be in [1, mmt.k1 + 1] = [1, {m.k1 + 1}], got {m.k2}")
     if not any(w > 0 for w in m.term_weights().values()):
         raise ValueError("every Stage II loss term has weight 0: nothing would be trained")

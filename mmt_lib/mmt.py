@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmt_lib import distributed
+from mmt_lib import distributed, provenance
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import save_arrays_atomic
 from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig
@@ -327,6 +327,7 @@ def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
 def run_variant(cfg: RunConfig, out_dir: str | Path, pretrained_dirs: list[str]) -> dict[str, Any]:
     """The run a batch grid cell means: ``direct`` evaluates Stage I network 1, every other variant trains."""
     checkpoints = [project_path(d) / CHECKPOINT for d in pretrained_dirs]
+    provenance.check_pretrained(cfg, checkpoints)
     if cfg.variant == "direct":
         return evaluate_direct(cfg, checkpoints[0])
     return train_mmt(cfg, project_path(out_dir), tuple(checkpoints))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmt_lib import distributed
+from mmt_lib import distributed, provenance
 from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
@@ -86,12 +86,14 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
 
     history = run_epochs(
         cfg, out_dir, p.epochs, run_epoch, restore=restore, resume=resume, desc="Stage I epochs",
-        snapshot=lambda: {"arch": cfg.model.arch, "num_classes": source.num_train_pids,
+        snapshot=lambda: {"provenance": provenance.record(cfg), "arch": cfg.model.arch,
+                          "num_classes": source.num_train_pids,
                           "model": model.state_dict(), "optimizer": optimizer.state_dict()},
     )
     final = history[-1]
     return {
         "stage": "pretrain", "task": cfg.task, "seed": cfg.seed, "config_hash": cfg.config_hash(),
+        "provenance": provenance.record(cfg),
         "config": cfg.to_dict(), "selection": "last epoch, evaluated on the target (direct transfer)",
         "source": final["source"], "target": final["target"],
         **final["target"], "history": history,

@@ -1,20 +1,24 @@
 """Results tables: read every run's ``metrics.json``, aggregate over seeds, set beside the paper.
 
 Only runs whose metrics carry a headline ``mAP`` count; Stage I runs and analysis notebooks are
-left out of the tables (their own metrics stay in their folders).
+left out of the tables (their own metrics stay in their folders). The batch driver names the runs
+to read (``run_ids``: those whose metrics carry their current hash); without names, every run
+folder under the profile counts, and an unreadable ``metrics.json`` is skipped with a warning.
 """
 
 from __future__ import annotations
 
-import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from mmt_lib.analysis import flat_history
-from mmt_lib.checkpoints import METRICS_FILE, write_text_atomic
+from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.plots import plot_results, save_figure
 
@@ -45,11 +49,27 @@ CURVE_PANELS: dict[str, list[str]] = {
 """Per-epoch curves of one task, grouped so that each panel compares a few rows with the baseline and MMT."""
 
 
-def load_runs(profile_dir: str | Path) -> pd.DataFrame:
-    """One row per finished run (task, variant, seed) under ``runs/<profile>/``."""
+def run_metrics(profile_dir: str | Path, run_ids: list[str] | None = None,
+                seed: int | str = "*") -> Iterator[dict[str, Any]]:
+    """The metrics of the named runs (``task/variant/seed<k>``), or of every run folder of one seed
+    (``*``: any) under ``runs/<profile>/``."""
+    profile_dir = Path(profile_dir)
+    if run_ids is not None:
+        for run_id in run_ids:
+            if seed == "*" or run_id.endswith(f"/seed{seed}"):
+                yield read_metrics(profile_dir / run_id / METRICS_FILE)
+        return
+    for path in sorted(profile_dir.glob(f"*/*/seed{seed}/{METRICS_FILE}")):
+        try:
+            yield read_metrics(path)
+        except ValueError as err:
+            warnings.warn(f"skipped: {err}", stacklevel=2)
+
+
+def load_runs(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """One row per finished run (task, variant, seed) under ``runs/<profile>/``: the named ones, or all."""
     rows = []
-    for path in sorted(Path(profile_dir).glob(f"*/*/seed*/{METRICS_FILE}")):
-        metrics = json.loads(path.read_text())
+    for metrics in run_metrics(profile_dir, run_ids):
         if "mAP" not in metrics or metrics.get("stage") not in ("mmt", "direct"):
             continue
         row = {"task": metrics["task"], "variant": metrics["variant"], "seed": metrics["seed"]}
@@ -87,11 +107,12 @@ def _rows(table: pd.DataFrame, variants: list[str]) -> pd.DataFrame:
     return picked.sort_values(["task", "_order"]).drop(columns="_order").reset_index(drop=True)
 
 
-def histories_by_task(profile_dir: str | Path, seed: int = 1) -> dict[str, dict[str, list[dict]]]:
+def histories_by_task(
+    profile_dir: str | Path, seed: int = 1, run_ids: list[str] | None = None
+) -> dict[str, dict[str, list[dict]]]:
     """Per task, each trained variant's flat per-epoch history (one seed), for curves side by side."""
     out: dict[str, dict[str, list[dict]]] = {}
-    for path in sorted(Path(profile_dir).glob(f"*/*/seed{seed}/{METRICS_FILE}")):
-        metrics = json.loads(path.read_text())
+    for metrics in run_metrics(profile_dir, run_ids, seed):
         if metrics.get("stage") == "mmt":
             out.setdefault(metrics["task"], {})[metrics["variant"]] = flat_history(metrics["history"])
     return out
@@ -131,10 +152,11 @@ def to_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, floatfmt=".1f", missingval="")
 
 
-def collect(profile_dir: str | Path) -> pd.DataFrame:
-    """Write ``results.csv`` / ``results.md`` (over seeds) and ``runs.csv`` (one row per run); return the table."""
+def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """Write ``results.csv`` / ``results.md`` (over seeds) and ``runs.csv`` (one row per run) of the
+    named runs (None: every run folder); return the table."""
     profile_dir = Path(profile_dir)
-    runs = load_runs(profile_dir)
+    runs = load_runs(profile_dir, run_ids)
     table = with_published(summarise(runs))
     for name, frame in (("results.csv", table), ("runs.csv", runs)):
         write_text_atomic(profile_dir / name, frame.to_csv(index=False, float_format="%.2f"))

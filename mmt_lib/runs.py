@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmt_lib.analysis import embed_2d, flat_history, noisy_samples, pseudo_label_quality
-from mmt_lib.checkpoints import METRICS_FILE
+from mmt_lib.checkpoints import METRICS_FILE, read_metrics
 from mmt_lib.paths import project_path
 from mmt_lib.progress import tqdm
 
@@ -22,7 +21,7 @@ def load_metrics(run_dir: str | Path) -> dict[str, Any]:
     path = project_path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the run has not finished (run its notebook first)")
-    return json.loads(path.read_text())
+    return read_metrics(path)
 
 
 def snapshot_epochs(run_dir: str | Path) -> list[int]:

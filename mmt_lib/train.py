@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from mmt_lib import config, distributed
-from mmt_lib.checkpoints import save_metrics
+from mmt_lib import config, distributed, provenance
+from mmt_lib.checkpoints import ensure_writable, save_metrics
 from mmt_lib.mmt import run_variant
 from mmt_lib.models import known_archs
 from mmt_lib.paths import from_command_line
 from mmt_lib.pretrain import pretrain
+from mmt_lib.trainer import CHECKPOINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,31 +33,36 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", default="mmt-kmeans", choices=list(config.VARIANTS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=None, choices=sorted(config.DOMAIN_DATASETS))
-    parser.add_argument("--data-root", default=None)
+    parser.add_argument("--data-root", default=None, help="a relative path starts at the project folder")
     parser.add_argument("--source", default=None, help="dataset name, for a custom task (with --target)")
     parser.add_argument("--target", default=None)
     parser.add_argument("--arch", default=None, choices=known_archs(), help="backbone (default: the profile's)")
     parser.add_argument("--imagenet-weights", default=None, help="local ImageNet weights file for the backbone")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--pretrained", nargs=2, metavar="DIR", help="the two Stage I run folders (mmt only)")
+    parser.add_argument("--pretrained", nargs=2, metavar="DIR",
+                        help="the two Stage I run folders of the same task (mmt only); relative paths start at "
+                             "the project folder")
     parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"mmt": {"epochs": 10}}\'')
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="output folder; a relative path starts at the project folder")
     args = parser.parse_args(argv)
     out = from_command_line(args.out)
     pretrained = [from_command_line(d) for d in args.pretrained] if args.pretrained else None
-    try:
-        overrides = config.parse_overrides(args.overrides)
-    except ValueError as err:
+    if args.stage == "mmt" and not pretrained:
+        parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
+    try:  # every refusal before any data loads: settings, then the output folder
+        cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
+                             seed=args.seed, data=args.data, data_root=from_command_line(args.data_root),
+                             source=args.source, target=args.target, arch=args.arch,
+                             pretrained=from_command_line(args.imagenet_weights), device=args.device,
+                             overrides=config.parse_overrides(args.overrides))
+        ensure_writable(out)
+        if args.stage == "mmt":
+            provenance.check_pretrained(cfg, [Path(d) / CHECKPOINT for d in pretrained])
+    except (ValueError, FileNotFoundError) as err:
         parser.error(str(err))
-    cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
-                         seed=args.seed, data=args.data, data_root=from_command_line(args.data_root),
-                         source=args.source, target=args.target, arch=args.arch,
-                         pretrained=from_command_line(args.imagenet_weights), device=args.device, overrides=overrides)
     if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
         print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
               "the paper starts from ImageNet", file=sys.stderr)
-    if args.stage == "mmt" and not pretrained:
-        parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
     try:
         metrics = pretrain(cfg, out) if args.stage == "pretrain" else run_variant(cfg, out, pretrained)
         if distributed.is_main():

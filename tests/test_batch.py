@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mmt_lib import batch
+from mmt_lib import batch, results, runlock
 from mmt_lib.config import ABLATION_VARIANTS, MAIN_VARIANTS
+from mmt_lib.paths import PROJECT_ROOT
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 SUBSET = ["data/tour/*", "duke2market/direct/*", "duke2market/noise/*"]
 
 
 def cli(tmp: Path, command: str, *extra: str) -> int:
-    args = [command, "--profile", "smoke", "--runs-dir", str(tmp / "runs")]
-    if command != "collect":
-        args += ["--only", *SUBSET, "--param", f"data_root={tmp / 'data'}", "device=cpu"]
+    args = [command, "--profile", "smoke", "--runs-dir", str(tmp / "runs"),
+            "--only", *SUBSET, "--param", f"data_root={tmp / 'data'}", "device=cpu"]
     return batch.main(args + list(extra))
 
 
@@ -95,6 +101,141 @@ def test_executed_notebooks_hold_progress_as_text_lines_and_no_stray_value(grid)
                 assert all("100%|" in line for line in bars), (path, bars)  # nested bars left no line
                 names = [line.split(":")[0] for line in bars]
                 assert len(names) == len(set(names)), (path, bars)  # one line per bar, not per update
+
+
+@contextmanager
+def edited(path: Path, text: str) -> Iterator[None]:
+    """``path`` holds ``text`` inside the block, its own bytes again after it."""
+    original = path.read_bytes()
+    path.write_text(text)
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+def test_collect_reports_current_runs_only_and_names_the_others(grid, capfd):
+    profile_dir = grid / "runs" / "smoke"
+    baseline = profile_dir / "duke2market/baseline/seed1/metrics.json"
+    kmeans = profile_dir / "duke2market/mmt-kmeans/seed1/metrics.json"
+    older = json.loads(baseline.read_text()) | {"run_hash": "0123456789abcdef"}
+    with edited(baseline, json.dumps(older)), edited(kmeans, kmeans.read_text()[:100]):
+        capfd.readouterr()
+        assert cli(grid, "plan") == 0
+        states = {line.split()[2]: line.split()[0] for line in capfd.readouterr().out.splitlines()}
+        assert cli(grid, "collect") == 1
+        err = capfd.readouterr().err
+        table = pd.read_csv(profile_dir / "results.csv")
+        markdown = (profile_dir / "results.md").read_text()
+    assert (states["duke2market/baseline/seed1"], states["duke2market/mmt-kmeans/seed1"]) == ("stale", "corrupt")
+    assert states["duke2market/direct/seed1"] == "done"
+    assert set(table["variant"]) == {"direct"}  # what plan calls stale or corrupt, collect leaves out
+    assert "| duke2market | baseline" not in markdown
+    assert "1 stale run(s)" in err and "duke2market/baseline/seed1" in err
+    assert f"corrupt: {kmeans} is not valid JSON" in err
+
+
+def test_run_state_tells_every_state_apart(tmp_path):
+    run = batch.Run("01_pretrain", "duke2market", "pretrain", 1, {"out_dir": str(tmp_path / "run")})
+    assert batch.run_state(run, "abc") == "todo"
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / batch.RUN_RECORD).write_text('{"run_hash": "abc"}')
+    assert batch.run_state(run, "abc") == "unfinished"
+    metrics = tmp_path / "run" / "metrics.json"
+    metrics.write_text('{"mAP": 0.5}')  # written by the notebook, not yet stamped by the driver
+    assert batch.run_state(run, "abc") == "unfinished"
+    metrics.write_text('{"mAP": 0.5, "run_hash": "abc"}')
+    assert (batch.run_state(run, "abc"), batch.run_state(run, "new")) == ("done", "stale")
+    metrics.write_text('{"mAP": 0.')
+    assert batch.run_state(run, "abc") == "corrupt"
+
+
+def test_results_without_run_names_skip_a_corrupt_file_by_name(tmp_path):
+    good = {"stage": "mmt", "task": "duke2market", "variant": "mmt-kmeans", "seed": 1,
+            "mAP": 0.5, "top1": 0.6, "top5": 0.7, "top10": 0.8}
+    (tmp_path / "duke2market/mmt-kmeans/seed1").mkdir(parents=True)
+    (tmp_path / "duke2market/mmt-kmeans/seed1/metrics.json").write_text(json.dumps(good))
+    broken = tmp_path / "duke2market/baseline/seed1/metrics.json"
+    broken.parent.mkdir(parents=True)
+    broken.write_text('{"stage": "mm')
+    with pytest.warns(UserWarning, match=f"{broken} is not valid JSON"):
+        table = results.load_runs(tmp_path)
+    assert list(table["variant"]) == ["mmt-kmeans"] and table["mAP"].iloc[0] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match=f"{broken} is not valid JSON"):
+        results.load_runs(tmp_path, ["duke2market/baseline/seed1"])
+
+
+def hold_runs_folder(folder: Path, seconds: float) -> subprocess.Popen:
+    """Another process holding the runs folder as a running driver does; returns once it holds it."""
+    code = ("import time\nfrom mmt_lib.runlock import driver_lock\n"
+            f"with driver_lock({str(folder)!r}):\n    print('held', flush=True)\n    time.sleep({seconds})\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_driver_refuses_at_once_and_names_the_first(grid, capfd):
+    holder = hold_runs_folder(grid / "runs" / "smoke", 120)
+    try:
+        capfd.readouterr()
+        tic = time.monotonic()
+        assert cli(grid, "run") == 1
+        assert time.monotonic() - tic < 60
+        assert f"pid {holder.pid} on " in capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_driver_asked_to_wait_starts_once_the_first_is_done(grid, capfd):
+    holder = hold_runs_folder(grid / "runs" / "smoke", 3)
+    try:
+        capfd.readouterr()
+        tic = time.monotonic()
+        assert cli(grid, "run", "--wait") == 0
+        assert time.monotonic() - tic > 2  # the lock came free only when the holder's 3 s were over
+        assert f"waiting for the batch driver holding {grid / 'runs' / 'smoke'} (pid {holder.pid} on " in \
+            capfd.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_lock_left_by_a_dead_driver_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / runlock.LOCK_FILE
+    lock.write_text(f"pid {dead.pid} on somewhere\n")
+    with runlock.driver_lock(tmp_path):
+        assert lock.read_text().startswith(f"pid {os.getpid()} on ")
+    assert lock.read_text() == ""
+
+
+def test_shards_share_a_runs_folder_but_not_one_shard(tmp_path):
+    with runlock.driver_lock(tmp_path, shard="0/2"):
+        with runlock.driver_lock(tmp_path, shard="1/2"):
+            pass
+        with pytest.raises(runlock.LockHeld, match=rf"pid {os.getpid()} on .* \(shard 0/2\)"):
+            with runlock.driver_lock(tmp_path, shard="0/2"):
+                pass
+        with pytest.raises(runlock.LockHeld, match=r"\(shard 0/2\)"):
+            with runlock.driver_lock(tmp_path):
+                pass
+    with runlock.driver_lock(tmp_path):
+        with pytest.raises(runlock.LockHeld, match=f"pid {os.getpid()} on "):
+            with runlock.driver_lock(tmp_path, shard="1/2"):
+                pass
+
+
+def test_plan_and_the_module_import_without_papermill_zmq_or_jupyter_client():
+    code = ("import sys\nfrom mmt_lib import batch\n"
+            "batch.main(['plan', '--profile', 'smoke', '--only', 'duke2market/mmt-kmeans/*'])\n"
+            "print(sorted(m for m in ('papermill', 'zmq', 'jupyter_client') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.splitlines()[-1] == "[]"
+    assert "duke2market/mmt-kmeans/seed1" in out
 
 
 def test_second_run_skips_everything(grid):

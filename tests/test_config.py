@@ -60,3 +60,47 @@ def test_hash_changes_with_any_setting_and_only_then():
     assert a.config_hash() != resolve(profile="smoke", seed=2).config_hash()
     assert a.config_hash() != resolve(profile="smoke", seed=1, overrides={"mmt": {"lr": 1e-4}}).config_hash()
     assert set(TASKS) == {"market2duke", "duke2market", "market2msmt", "duke2msmt"}
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"pretrain": {"epochs": 0}}, r"pretrain\.epochs must be an integer >= 1, got 0"),
+    ({"data": {"num_instances": 0}}, r"data\.num_instances must be an integer >= 1, got 0"),
+    ({"data": {"batch_size": 0}}, r"data\.batch_size must be an integer >= 1, got 0"),
+    ({"pretrain": {"epochs": "2"}}, r"pretrain\.epochs must be an integer, got '2' \(str\)"),
+    ({"mmt": {"epochs": 2.0}}, r"mmt\.epochs must be an integer, got 2\.0 \(float\)"),
+    ({"mmt": {"iters": True}}, r"mmt\.iters must be an integer, got True \(bool\)"),
+    ({"data": {"test_batch_size": -8}}, r"data\.test_batch_size must be an integer >= 1, got -8"),
+    ({"mmt": {"lr": 0.0}}, r"mmt\.lr must be a number > 0, got 0\.0"),
+    ({"pretrain": {"lr": float("nan")}}, r"pretrain\.lr must be a number > 0, got nan"),
+    ({"pretrain": {"weight_decay": -1e-4}}, r"pretrain\.weight_decay must be a number >= 0, got -0\.0001"),
+    ({"pretrain": {"milestones": [5, 2]}}, r"pretrain\.milestones must be increasing epochs, got \[5, 2\]"),
+    ({"pretrain": {"milestones": [1.5]}}, r"pretrain\.milestones must be a list of integers, got \[1\.5\]"),
+    ({"pretrain": {"eval_every": 0}}, r"pretrain\.eval_every must be an integer >= 1, got 0"),
+    ({"mmt": {"num_clusters": 1}}, r"mmt\.num_clusters must be an integer >= 2, got 1"),
+    ({"mmt": {"ema_alpha": 1.0}}, r"mmt\.ema_alpha must be a number in \[0, 1\), got 1\.0"),
+    ({"mmt": {"rho": 0}}, r"mmt\.rho must be a number in \(0, 1\), got 0"),
+    ({"mmt": {"k2": 10}}, r"mmt\.k2 must be in \[1, mmt\.k1 \+ 1\] = \[1, 7\], got 10"),
+    ({"mmt": {"label_smoothing": 1}}, r"mmt\.label_smoothing must be a number in \[0, 1\), got 1"),
+    ({"data": {"bn_group_size": 0}}, r"data\.bn_group_size must be an integer >= 1 \(or None\), got 0"),
+    ({"model": {"dropout": 1.5}}, r"model\.dropout must be a number in \[0, 1\), got 1\.5"),
+    ({"model": {"arch": "resnet9000"}}, r"model\.arch must be one of \[.*'cpu_tiny'.*\], got 'resnet9000'"),
+    ({"data": {"synthetic_size": "huge"}}, r"data\.synthetic_size must be one of \['tiny', .*\], got 'huge'"),
+    ({"runtime": {"compile": "no"}}, r"runtime\.compile must be true or false, got 'no' \(str\)"),
+    ({"mmt": {"allow_same_pretrained": 1}}, r"mmt\.allow_same_pretrained must be true or false, got 1 \(int\)"),
+])
+def test_every_value_is_checked_when_the_config_resolves(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        resolve(profile="smoke", overrides=overrides)
+
+
+@pytest.mark.parametrize("seed", ["2", -1, 1.0, True])
+def test_the_seed_must_be_a_non_negative_integer(seed):
+    with pytest.raises(ValueError, match=rf"seed must be an integer >= 0, got {seed!r}"):
+        resolve(profile="smoke", seed=seed)
+
+
+def test_values_of_the_right_kind_pass():
+    cfg = resolve(profile="smoke", seed=3, overrides={"mmt": {"lr": 1, "num_clusters": 2},
+                                                       "pretrain": {"milestones": [1, 2], "warmup_epochs": 0},
+                                                       "data": {"bn_group_size": 8}, "runtime": {"bf16": None}})
+    assert (cfg.seed, cfg.mmt.lr, cfg.pretrain.milestones, cfg.data.bn_group_size) == (3, 1, [1, 2], 8)

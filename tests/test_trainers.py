@@ -281,3 +281,85 @@ def test_atomic_writes_give_files_the_mode_open_gives(tmp_path):
     write_text_atomic(tmp_path / "atomic.md", "≤ ✓\n")
     assert (tmp_path / "atomic.md").stat().st_mode == (tmp_path / "plain.txt").stat().st_mode
     assert (tmp_path / "atomic.md").read_text(encoding="utf-8") == "≤ ✓\n"
+
+
+def cli_args(data_root, *args: str) -> list[str]:
+    return [*args, "--profile", "smoke", "--data-root", str(data_root), "--device", "cpu",
+            "--overrides", '{"runtime": {"progress": false}}']
+
+
+def test_stage1_records_what_it_was_trained_for(stage1):
+    data_root, checkpoints, results = stage1
+    expected = {"task": "duke2market", "source": "synth-duke", "target": "synth-market", "data": "synthetic",
+                "seed": 1, "config_hash": smoke_cfg("pretrain", data_root, seed=1).config_hash()}
+    assert load_checkpoint(checkpoints[0])["provenance"] == expected
+    assert results[1]["provenance"] == expected
+
+
+def test_stage2_refuses_stage1_of_another_task_naming_both(stage1, tmp_path, capsys):
+    from mmt_lib import train
+
+    data_root, checkpoints, _ = stage1
+    other = tmp_path / "market2duke"
+    assert train.main(cli_args(data_root, "pretrain", "--task", "market2duke", "--out", str(other))) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        train.main(cli_args(data_root, "mmt", "--task", "duke2market", "--pretrained", str(other),
+                            str(checkpoints[1].parent), "--out", str(tmp_path / "mmt")))
+    assert refused.value.code == 2
+    err = capsys.readouterr().err
+    assert "market2duke (synth-market -> synth-duke, seed 1)" in err
+    assert "this Stage II run is duke2market (synth-duke -> synth-market)" in err
+    assert list((tmp_path / "mmt").iterdir()) == []
+    for variant in ("direct", "mmt-kmeans"):  # the library entry the notebooks call refuses too
+        with pytest.raises(ValueError, match="give the Stage I runs of duke2market"):
+            mmt.run_variant(smoke_cfg("mmt", data_root, variant=variant), tmp_path / variant,
+                            [str(other), str(checkpoints[1].parent)])
+
+
+def test_one_stage1_run_for_both_students_only_when_asked(stage1, tmp_path, capsys):
+    from mmt_lib import provenance, train
+
+    data_root, checkpoints, _ = stage1
+    with pytest.raises(SystemExit) as refused:
+        train.main(cli_args(data_root, "mmt", "--task", "duke2market", "--pretrained", str(checkpoints[0].parent),
+                            str(checkpoints[0].parent), "--out", str(tmp_path / "mmt")))
+    assert refused.value.code == 2
+    assert "both Stage I checkpoints are one run" in capsys.readouterr().err
+    copy = tmp_path / "copy" / "checkpoint.pt"
+    copy.parent.mkdir()
+    copy.write_bytes(checkpoints[0].read_bytes())
+    with pytest.raises(ValueError, match="mmt.allow_same_pretrained=True"):
+        provenance.check_pretrained(smoke_cfg("mmt", data_root), [checkpoints[0], copy])
+    study = smoke_cfg("mmt", data_root, allow_same_pretrained=True)
+    provenance.check_pretrained(study, [checkpoints[0], copy])
+    provenance.check_pretrained(smoke_cfg("mmt", data_root, variant="direct"), [checkpoints[0], checkpoints[0]])
+    students = mmt.build_networks(study, (checkpoints[0], copy), torch.device("cpu")).students
+    assert all(torch.equal(a, b) for a, b in zip(students[0].state_dict().values(), students[1].state_dict().values()))
+
+
+def test_command_line_refuses_bad_settings_before_any_data_loads(tmp_path, capsys):
+    from mmt_lib import train
+
+    for overrides, message in (('{"pretrain": {"epochs": 0}}', "pretrain.epochs must be an integer >= 1, got 0"),
+                               ('{"data": {"num_instances": 0}}', "data.num_instances must be an integer >= 1"),
+                               ('{"pretrain": {"epochs": "2"}}', "pretrain.epochs must be an integer, got '2'")):
+        with pytest.raises(SystemExit) as refused:
+            train.main(["pretrain", "--profile", "smoke", "--data-root", str(tmp_path / "data"), "--device", "cpu",
+                        "--overrides", overrides, "--out", str(tmp_path / "out")])
+        assert refused.value.code == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
+
+
+def test_command_line_refuses_an_output_folder_it_cannot_write_before_training(tmp_path, capsys):
+    from mmt_lib import train
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(SystemExit) as refused:
+        train.main(["pretrain", "--profile", "smoke", "--data-root", str(tmp_path / "data"), "--device", "cpu",
+                    "--out", str(blocker / "out")])
+    assert refused.value.code == 2
+    assert f"output folder {blocker / 'out'} cannot be written" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()
