@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmt_lib import __version__, lifeline, runlock
+from mmt_lib import __version__, lifeline, reproducible, runlock
 from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_json_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
 from mmt_lib.paths import PROJECT_ROOT, project_path
@@ -279,8 +279,12 @@ def _parse_shard(shard: str) -> tuple[int, int]:
     return index, count
 
 
-def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None) -> dict[str, Any] | None:
-    """Execute one run with papermill; returns a failure record or None. Runs in a worker process."""
+def execute(run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu: str | None) -> dict[str, Any] | None:
+    """Execute one run with papermill; returns a failure record or None. Runs in a worker process.
+
+    ``numerics`` (``reproducible.describe``) holds the environment the notebook's kernel starts with:
+    its pins are read when the kernel's libraries load. It is recorded in ``run.json`` and ``metrics.json``.
+    """
     from papermill.exceptions import PapermillExecutionError
 
     out_dir = project_path(run.parameters["out_dir"])
@@ -291,8 +295,9 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     for partial in out_dir.rglob(".*.tmp"):  # files a killed run was writing (the lock says no one else is)
         partial.unlink()
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(record, {"run_hash": run_hash, "notebook": run.notebook, "started": time.time()})
-    os.environ["OMP_NUM_THREADS"] = str(threads)
+    write_json_atomic(record, {"run_hash": run_hash, "notebook": run.notebook, "started": time.time(),
+                               "numerics": numerics})
+    os.environ.update(numerics["env"])
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     params = {k: v for k, v in run.parameters.items() if k != "group"}
@@ -313,11 +318,12 @@ def execute(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None)
     except ValueError as err:
         return {"run": run.run_id, "notebook": str(output), "cell": None, "error": str(err)}
     metrics["run_hash"] = run_hash
+    metrics["numerics"] = numerics
     write_json_atomic(metrics_path, metrics)
     return None
 
 
-def _work(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None, driver: int,
+def _work(run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu: str | None, driver: int,
           results: multiprocessing.connection.Connection) -> None:
     """A worker process: one run, its failure record (or None) sent back, then exit.
 
@@ -329,7 +335,7 @@ def _work(run: Run, run_hash: str, force: bool, threads: int, gpu: str | None, d
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a Ctrl-C pending since the start is dropped
     lifeline.die_with_parent(signal.SIGTERM, driver)
     signal.signal(signal.SIGTERM, _end_worker)
-    results.send(execute(run, run_hash, force, threads, gpu))
+    results.send(execute(run, run_hash, force, numerics, gpu))
     results.close()
 
 
@@ -392,8 +398,13 @@ class Outcome:
     stopped_by: int | None = None
 
 
-def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool = True) -> Outcome:
+def run_grid(
+    runs: list[Run], force: bool = False, jobs: int = 1, progress: bool = True, fast: bool = False
+) -> Outcome:
     """Execute what is not done, up to ``jobs`` at a time; a run starts once its upstream runs are done.
+
+    Every notebook runs in reproducible mode (``mmt_lib.reproducible``: the same metrics on any
+    x86-64 CPU) unless ``fast``, which lets the libraries pick their fastest kernels for this CPU.
 
     On SIGINT or SIGTERM no further run starts and the running ones are stopped, their kernels with
     them; what they checkpointed stays, so the same command resumes them.
@@ -407,7 +418,7 @@ def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool
         failed: set[str] = set()
         finished: list[str] = []
         jobs = max(1, jobs)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
+        numerics = reproducible.numerics(not fast, threads=max(1, (os.cpu_count() or 1) // jobs))
         gpus = _visible_gpus() if todo else []
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
         context = multiprocessing.get_context("spawn")
@@ -426,7 +437,7 @@ def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool
                     pending.remove(run)
                     slot = min(set(range(jobs)) - {w.slot for w in running.values()})
                     gpu = gpus[slot % len(gpus)] if gpus else None
-                    running[run.run_id] = _start_worker(context, run, hashes[run.run_id], force, threads, gpu, slot)
+                    running[run.run_id] = _start_worker(context, run, hashes[run.run_id], force, numerics, gpu, slot)
             if not running:
                 continue
             multiprocessing.connection.wait([w.process.sentinel for w in running.values()], timeout=0.5)
@@ -448,7 +459,7 @@ def run_grid(runs: list[Run], force: bool = False, jobs: int = 1, progress: bool
     return Outcome(failures, finished, [r.run_id for r in runs if r.run_id not in done], stop.signum)
 
 
-def _start_worker(context: Any, run: Run, run_hash: str, force: bool, threads: int, gpu: str | None,
+def _start_worker(context: Any, run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu: str | None,
                   slot: int) -> _Worker:
     """Start a worker from this (main) thread, which the worker's parent-death signal is tied to.
 
@@ -457,7 +468,7 @@ def _start_worker(context: Any, run: Run, run_hash: str, force: bool, threads: i
     driver once it is unblocked, instead of being lost.
     """
     receive, send = context.Pipe(duplex=False)
-    process = context.Process(target=_work, args=(run, run_hash, force, threads, gpu, os.getpid(), send),
+    process = context.Process(target=_work, args=(run, run_hash, force, numerics, gpu, os.getpid(), send),
                               name=f"run {run.run_id}")
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
@@ -520,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
                             "project folder, so a relative path (data_root=...) starts there")
         if name == "run":
             p.add_argument("--force", action="store_true")
+            p.add_argument("--fast", action="store_true",
+                           help="let torch, oneDNN, MKL, faiss and numba pick this CPU's fastest kernels and threads: "
+                                "faster, but the metrics then differ between CPUs (results mark such runs)")
             p.add_argument("--jobs", type=int, default=1)
             p.add_argument("--wait", action="store_true",
                            help="if another driver holds the runs folder, wait for it instead of refusing")
@@ -538,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     tic = time.perf_counter()
     try:
         with runlock.driver_lock(project_path(args.runs_dir) / args.profile, args.shard, args.wait):
-            outcome = run_grid(runs, force=args.force, jobs=args.jobs)
+            outcome = run_grid(runs, force=args.force, jobs=args.jobs, fast=args.fast)
     except runlock.LockHeld as err:
         print(err, file=sys.stderr)
         return 1

@@ -20,7 +20,6 @@ kernel it starts, and records them in each run's ``run.json``.
 
 from __future__ import annotations
 
-import os
 import platform
 from typing import Any
 
@@ -42,16 +41,14 @@ PINNED_ENV: dict[str, str] = {
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
-def run_environment(reproducible: bool, threads: int) -> dict[str, str]:
-    """The environment variables a run's process gets: every pin, or (fast mode) only its thread count."""
-    if reproducible:
-        return dict(PINNED_ENV)
-    return {name: str(threads) for name in THREAD_VARIABLES}
+def numerics(reproducible: bool, threads: int) -> dict[str, Any]:
+    """How a run's process computes, as the batch driver sets it and ``run.json`` records it.
 
-
-def describe(reproducible: bool, env: dict[str, str]) -> dict[str, Any]:
-    """What a ``run.json`` records of the numerics: the mode, what was set, and the machine it ran on."""
-    return {"mode": "reproducible" if reproducible else "fast", "env": dict(sorted(env.items())),
+    Reproducible mode sets every pin; fast mode (``--fast``) sets only the thread count (the
+    driver's cores shared between its parallel runs) and lets each library pick its fastest kernels.
+    """
+    env = dict(PINNED_ENV) if reproducible else {name: str(threads) for name in THREAD_VARIABLES}
+    return {"mode": "reproducible" if reproducible else "fast", "env": env,
             "machine": platform.machine(), "cpu": cpu_model()}
 
 
@@ -65,8 +62,3 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def active_pins() -> dict[str, str]:
-    """The pins in force in this process, as the libraries will read them."""
-    return {name: os.environ[name] for name in PINNED_ENV if name in os.environ}

@@ -75,8 +75,9 @@ def load_runs(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.D
         row = {"task": metrics["task"], "variant": metrics["variant"], "seed": metrics["seed"]}
         row.update({k: 100.0 * metrics[k] for k in METRIC_COLUMNS})
         row["oracle_mAP"] = 100.0 * metrics["oracle"]["mAP"] if "oracle" in metrics else float("nan")
+        row["numerics"] = metrics.get("numerics", {}).get("mode", "unrecorded")
         rows.append(row)
-    return pd.DataFrame(rows, columns=["task", "variant", "seed", *METRIC_COLUMNS, "oracle_mAP"])
+    return pd.DataFrame(rows, columns=["task", "variant", "seed", *METRIC_COLUMNS, "oracle_mAP", "numerics"])
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
@@ -85,7 +86,10 @@ def summarise(runs: pd.DataFrame) -> pd.DataFrame:
     grouped = runs.groupby(["task", "variant"], sort=True)[columns]
     table = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).add_suffix("_std"))
     table["seeds"] = grouped.size()
-    ordered = [f"{c}_{s}" for c in METRIC_COLUMNS for s in ("mean", "std")] + ["oracle_mAP_mean", "seeds"]
+    modes = runs.groupby(["task", "variant"], sort=True)["numerics"]
+    table["numerics"] = modes.agg(lambda m: ", ".join(sorted(set(m))))
+    ordered = [f"{c}_{s}" for c in METRIC_COLUMNS for s in ("mean", "std")]
+    ordered += ["oracle_mAP_mean", "seeds", "numerics"]
     return table[ordered].reset_index()
 
 
@@ -149,6 +153,8 @@ def to_markdown(table: pd.DataFrame) -> str:
     for extra in ("oracle_mAP_mean", "paper_mAP", "paper_top1", "seeds"):
         if extra in table:
             shown[extra] = table[extra].astype(object).where(table[extra].notna(), None)
+    if "numerics" in table and (table["numerics"] != "reproducible").any():
+        shown["numerics"] = table["numerics"]  # rows not all in reproducible mode differ between CPUs
     return shown.to_markdown(index=False, floatfmt=".1f", missingval="")
 
 
@@ -164,7 +170,9 @@ def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.Dat
         profile_dir / "results.md",
         f"# Results: {profile_dir.name}\n\nPercent, mean ± sample std over seeds. Label-free model selection "
         "(last epoch, network 1); `oracle_mAP_mean` picks the best epoch by target-test mAP and is "
-        "not a valid unsupervised result. `paper_*`: the paper's ResNet-50 numbers on the real datasets.\n\n"
+        "not a valid unsupervised result. `paper_*`: the paper's ResNet-50 numbers on the real datasets. "
+        "A `numerics` column appears when some runs were not in reproducible mode (`--fast`): their "
+        "numbers differ between CPUs.\n\n"
         + to_markdown(table) + "\n",
     )
     if len(runs):

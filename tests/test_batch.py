@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mmt_lib import batch, results, runlock
+from mmt_lib import batch, reproducible, results, runlock
 from mmt_lib.config import ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.paths import PROJECT_ROOT
 
@@ -296,3 +296,31 @@ def test_committed_notebooks_are_stripped_and_parameterised(path):
     for statement in ast.parse("".join(tagged[0]["source"])).body:
         assert isinstance(statement, ast.Assign)
         ast.literal_eval(statement.value)
+
+
+def test_every_run_records_reproducible_mode_and_its_pins(grid):
+    for record in (grid / "runs" / "smoke").rglob(batch.RUN_RECORD):
+        numerics = json.loads(record.read_text())["numerics"]
+        assert numerics["mode"] == "reproducible" and numerics["env"] == reproducible.PINNED_ENV, record
+        metrics = json.loads((record.parent / "metrics.json").read_text())
+        assert metrics["numerics"] == numerics
+
+
+def test_results_mark_rows_with_runs_outside_reproducible_mode():
+    runs = pd.DataFrame([
+        {"task": "duke2market", "variant": v, "seed": s, "mAP": 50.0, "top1": 60.0, "top5": 70.0, "top10": 80.0,
+         "oracle_mAP": float("nan"), "numerics": mode}
+        for v, s, mode in [("baseline", 1, "reproducible"), ("baseline", 2, "reproducible"),
+                           ("mmt-kmeans", 1, "reproducible"), ("mmt-kmeans", 2, "fast")]])
+    table = results.summarise(runs)
+    assert dict(zip(table["variant"], table["numerics"])) == {"baseline": "reproducible",
+                                                              "mmt-kmeans": "fast, reproducible"}
+    assert "numerics" in results.to_markdown(table).splitlines()[0]
+    assert "numerics" not in results.to_markdown(results.summarise(runs[runs["variant"] == "baseline"]))
+
+
+def test_fast_mode_sets_threads_only():
+    fast = reproducible.numerics(False, threads=3)
+    assert fast["mode"] == "fast" and set(fast["env"].values()) == {"3"}
+    assert not set(fast["env"]) & (set(reproducible.PINNED_ENV) - set(reproducible.THREAD_VARIABLES))
+    assert reproducible.numerics(True, threads=3)["env"] == reproducible.PINNED_ENV
