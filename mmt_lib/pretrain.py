@@ -24,8 +24,8 @@ from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
-    autocast, build_adam, check_finite, evaluate_model, load_task_datasets, prepare_model, setup_device,
-    show_progress, training_module,
+    autocast, build_adam, check_finite, decoded_images, evaluate_model, load_task_datasets, prepare_model,
+    setup_device, show_progress, training_module,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.paths import project_path
@@ -72,7 +72,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     trained = training_module(model, cfg.runtime, device)
 
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
-    source_set, target_set = ImageDataset(source.train, train_tf), ImageDataset(target.train, train_tf)
+    source_set, target_set = (ImageDataset(d.train, train_tf, decoded_images(cfg, d.train)) for d in (source, target))
     for epoch in trange(start_epoch, p.epochs, desc="Stage I epochs", disable=not show_progress(cfg.runtime),
                         initial=start_epoch, total=p.epochs):
         seed_everything(cfg.seed, epoch, rank=distributed.rank())
