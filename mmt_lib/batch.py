@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from mmt_lib import __version__, lifeline, reproducible, runlock
+from mmt_lib import __version__, config, lifeline, reproducible, runlock
 from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_json_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
 from mmt_lib.paths import PROJECT_ROOT, project_path
@@ -122,20 +122,23 @@ def plan(
     profile: str,
     runs_dir: str | Path = "runs",
     seeds: list[int] | None = None,
-    tasks: list[str] | None = None,
+    tasks: list[str | tuple[str, str]] | None = None,
+    data: str | None = None,
+    data_root: str | None = None,
 ) -> list[Run]:
     """The grid for ``profile`` in dependency order.
 
     A relative ``runs_dir`` starts at the project folder (where the notebooks run), not at the
-    current directory: the runs' ``out_dir`` parameters keep it relative.
+    current directory: the runs' ``out_dir`` parameters keep it relative. ``tasks`` are the paper's
+    task names, custom ``SRC2TGT`` names or (source, target) pairs of dataset names (``task_specs``);
+    ``data`` and ``data_root`` go to every notebook that reads data.
     """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; known: {sorted(PROFILES)}")
     seeds = seeds or [1]
-    tasks = tasks or list(TASKS)
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise ValueError(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+    spec = PROFILES[profile]
+    specs = task_specs(tasks or list(TASKS), data or spec["data_kind"], data_root or "data")
+    reading = {name: value for name, value in (("data", data), ("data_root", data_root)) if value is not None}
     base = Path(runs_dir) / profile
     runs: list[Run] = []
 
@@ -145,21 +148,94 @@ def plan(
         runs.append(Run(notebook, task, variant, seed, full, tuple(upstream)))
         return run_id
 
-    add("00_data_tour", "data", "tour", 0, {}, group="data")
-    for task in tasks:
+    custom = any(task not in TASKS for task in specs) or data not in (None, spec["data_kind"])
+    tour = {"datasets": list(dict.fromkeys(name for pair in specs.values() for name in pair))} if custom else {}
+    add("00_data_tour", "data", "tour", 0, {**tour, **({"data_root": data_root} if data_root else {})}, group="data")
+    for task, (source, target) in specs.items():
+        task_params = {"task": task} if task in TASKS else {"task": task, "source": source, "target": target}
         for k in seeds:
             group = f"{task}/seed{k}"
-            pair = [add("01_pretrain", task, "pretrain", s, {"task": task}, group=group) for s in (2 * k - 1, 2 * k)]
+            pair = [add("01_pretrain", task, "pretrain", s, {**task_params, **reading}, group=group)
+                    for s in (2 * k - 1, 2 * k)]
             pair_dirs = [str(base / rid) for rid in pair]
             variants = MAIN_VARIANTS + (ABLATION_VARIANTS if task in ABLATION_TASKS else [])
-            done = {v: add("02_mmt", task, v, k, {"task": task, "variant": v, "pretrained_dirs": pair_dirs},
-                           pair, group)
+            done = {v: add("02_mmt", task, v, k,
+                           {**task_params, **reading, "variant": v, "pretrained_dirs": pair_dirs}, pair, group)
                     for v in variants}
             compare = {"baseline": done["baseline"], "mmt-kmeans": done["mmt-kmeans"]}
             add("03_pseudo_label_noise", task, "noise", k,
                 {"task": task, "run_dirs": {name: str(base / rid) for name, rid in compare.items()}},
                 list(compare.values()), group)
     return runs
+
+
+def task_specs(
+    tasks: list[str | tuple[str, str]], data_kind: str, data_root: str | Path
+) -> dict[str, tuple[str, str]]:
+    """Each task's name and its (source, target) dataset names, in order.
+
+    A task is one of the paper's four (its datasets are those of ``data_kind``), a pair of dataset
+    names, or ``SRC2TGT`` where SRC and TGT each name a dataset: a parser's name (``market1501``,
+    ``folder``...), a domain of ``data_kind`` (``market``, ``duke``, ``msmt``), or a folder under
+    ``data_root`` in the ``folder`` layout. A custom task is named ``<source>2<target>`` by its
+    dataset names, as ``config.resolve`` names it.
+    """
+    from mmt_lib.data.registry import known_datasets
+
+    if data_kind not in DOMAIN_DATASETS:
+        raise ValueError(f"data must be one of {sorted(DOMAIN_DATASETS)}, got {data_kind!r}")
+    specs: dict[str, tuple[str, str]] = {}
+    for task in tasks:
+        if isinstance(task, str) and task in TASKS:
+            src, tgt = (DOMAIN_DATASETS[data_kind][domain] for domain in TASKS[task])
+            specs[task] = (src, tgt)
+            continue
+        pairs = [tuple(task)] if not isinstance(task, str) else [
+            (task[:i], task[i + 1:]) for i, c in enumerate(task) if c == "2" and 0 < i < len(task) - 1]
+        named = {(a, b) for a, b in ((dataset_name(x, data_kind, data_root), dataset_name(y, data_kind, data_root))
+                                     for x, y in pairs) if a and b}
+        if len(named) != 1:
+            splits = " or ".join(f"{a} -> {b}" for a, b in sorted(named))
+            why = f"is ambiguous ({splits}): use --source and --target" if named else "names no two datasets"
+            raise ValueError(
+                f"task {task!r} {why}. A task is one of {sorted(TASKS)} or SRC2TGT (or --source SRC --target TGT) "
+                f"where each side is a dataset: {', '.join(sorted(DOMAIN_DATASETS[data_kind]))}, "
+                f"{', '.join(known_datasets())}, or a folder under {project_path(data_root)} in the folder "
+                f"layout (train/, query/, gallery/)")
+        src, tgt = named.pop()
+        specs[f"{src}2{tgt}"] = (src, tgt)
+    return specs
+
+
+def dataset_name(name: str, data_kind: str, data_root: str | Path) -> str | None:
+    """The dataset name ``config.resolve`` takes for ``name`` (see ``task_specs``); ``None`` if none."""
+    from mmt_lib.data.registry import is_folder_dataset, known_datasets
+
+    if name in DOMAIN_DATASETS[data_kind]:
+        return DOMAIN_DATASETS[data_kind][name]
+    if name.lower() in known_datasets():
+        return name.lower()
+    return name if is_folder_dataset(name, project_path(data_root)) else None
+
+
+def default_runs_dir(profile: str, data: str | None) -> str:
+    """``runs``; ``runs/<data>`` for data other than the profile's own, so that a grid of real data on
+    the synthetic profile never replaces the synthetic grid's runs of the same task and seed."""
+    return "runs" if data in (None, PROFILES[profile]["data_kind"]) else f"runs/{data}"
+
+
+def check_configs(runs: list[Run]) -> None:
+    """Resolve every training run's configuration before anything runs, so that a setting the library
+    refuses (k-means on a custom target without ``mmt.num_clusters``, say) stops the batch at once."""
+    stages = {"01_pretrain": "pretrain", "02_mmt": "mmt"}
+    keys = ("profile", "task", "variant", "seed", "data", "data_root", "source", "target", "device", "overrides")
+    for run in runs:
+        if run.notebook in stages:
+            try:
+                config.resolve(stage=stages[run.notebook],
+                               **{k: run.parameters[k] for k in keys if k in run.parameters})
+            except ValueError as err:
+                raise ValueError(f"{run.run_id}: {err}") from None
 
 
 def with_parameters(runs: list[Run], extra: dict[str, Any]) -> list[Run]:
@@ -519,11 +595,20 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("plan", "run", "collect"):
         p = sub.add_parser(name, help=what[name], description=what[name])
         p.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
-        p.add_argument("--runs-dir", default="runs",
-                       help="the folder that holds <profile>/<task>/<variant>/seed<k>/; a relative path starts at "
-                            "the project folder, not at the current directory")
+        p.add_argument("--data", default=None, choices=sorted(DOMAIN_DATASETS),
+                       help="the named tasks' datasets (default: the profile's)")
+        p.add_argument("--runs-dir", default=None,
+                       help="the folder that holds <profile>/<task>/<variant>/seed<k>/ (default: runs, or "
+                            "runs/<data> for --data other than the profile's); a relative path starts at the "
+                            "project folder, not at the current directory")
+        p.add_argument("--data-root", default=None,
+                       help="the folder holding the datasets (default: data); a relative path starts at the "
+                            "project folder")
         p.add_argument("--seeds", type=int, nargs="+", default=[1])
-        p.add_argument("--tasks", nargs="+", default=None, choices=sorted(TASKS))
+        p.add_argument("--tasks", nargs="+", default=None,
+                       help=f"{', '.join(sorted(TASKS))} (default: all four), or SRC2TGT of any two datasets")
+        p.add_argument("--source", default=None, help="a custom task's source dataset (with --target)")
+        p.add_argument("--target", default=None)
         p.add_argument("--only", nargs="+", default=None, help="run-id globs, e.g. 'duke2market/mmt-*/*'")
         p.add_argument("--shard", default=None, help="i/n: this machine's share of the grid")
         p.add_argument("--param", nargs="+", default=[],
@@ -539,11 +624,15 @@ def main(argv: list[str] | None = None) -> int:
                            help="if another driver holds the runs folder, wait for it instead of refusing")
     args = parser.parse_args(argv)
 
-    runs = with_parameters(select(plan(args.profile, args.runs_dir, args.seeds, args.tasks), args.only, args.shard),
-                           _parse_params(args.param))
+    params = _parse_params(args.param)
+    data, data_root = args.data or params.get("data"), args.data_root or params.get("data_root")
+    runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
+    runs = with_parameters(select(plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root),
+                                  args.only, args.shard), params)
     check_parameters(runs)
     if args.command == "collect":
-        return _collect(args.profile, project_path(args.runs_dir), runs)
+        return _collect(args.profile, project_path(runs_dir), runs)
+    check_configs(runs)
     if args.command == "plan":
         hashes = run_hashes(runs)
         for r in runs:
@@ -551,7 +640,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     tic = time.perf_counter()
     try:
-        with runlock.driver_lock(project_path(args.runs_dir) / args.profile, args.shard, args.wait):
+        with runlock.driver_lock(project_path(runs_dir) / args.profile, args.shard, args.wait):
             outcome = run_grid(runs, force=args.force, jobs=args.jobs, fast=args.fast)
     except runlock.LockHeld as err:
         print(err, file=sys.stderr)
@@ -569,6 +658,14 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + outcome.stopped_by
     print(f"{len(runs)} runs in the plan, {len(outcome.failures)} failed, {time.perf_counter() - tic:.0f} s")
     return 1 if outcome.failures else 0
+
+
+def _tasks(args: argparse.Namespace) -> list[str | tuple[str, str]] | None:
+    """``--tasks`` plus the ``--source``/``--target`` pair; ``None`` (every named task) when neither is given."""
+    if (args.source is None) != (args.target is None):
+        raise SystemExit("--source and --target go together: give both dataset names, or neither")
+    pair = [(args.source, args.target)] if args.source else []
+    return (args.tasks or []) + pair or None
 
 
 def _collect(profile: str, runs_dir: Path, runs: list[Run]) -> int:

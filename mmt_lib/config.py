@@ -113,7 +113,9 @@ class MMTConfig:
     ema_alpha: float = 0.999
     label_smoothing: float = 0.1
     clustering: str = "kmeans"
-    num_clusters: int = 500
+    num_clusters: int | None = None
+    """k-means' K. ``None``: ``resolve`` derives it from the target (``default_num_clusters``); it stays
+    ``None`` only for a custom target, where a k-means run is refused until it is set."""
     k1: int = 20
     k2: int = 6
     rho: float = 1.6e-3
@@ -199,8 +201,8 @@ PROFILES: dict[str, dict[str, Any]] = {
                  "test_batch_size": 64},
         "model": {"arch": "cpu_tiny"},
         "pretrain": {"epochs": 2, "iters": 3, "warmup_epochs": 1, "milestones": (1,), "eval_every": 1},
-        "mmt": {"epochs": 2, "iters": 3, "num_clusters": 8, "k1": 6, "k2": 3, "rho": 0.1, "min_samples": 2,
-                "save_embeddings": True},
+        "mmt": {"epochs": 2, "iters": 3, "k1": 6, "k2": 3, "rho": 0.1, "min_samples": 2, "save_embeddings": True},
+        "synthetic_num_clusters": 8,
         "data_kind": "synthetic",
     },
     "synthetic": {
@@ -208,7 +210,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"arch": "cpu_small"},
         "pretrain": {"epochs": 30, "iters": 40, "lr": 3e-3, "warmup_epochs": 2, "milestones": (21,), "eval_every": 15},
         "mmt": {"epochs": 6, "iters": 30, "lr": 3e-3, "save_embeddings": True},
-        "cluster_scale": 0.25,
         "data_kind": "synthetic",
     },
     "paper": {
@@ -216,20 +217,61 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"arch": "resnet50"},
         "pretrain": {},
         "mmt": {},
-        "cluster_scale": 1.0,
         "data_kind": "real",
     },
 }
 """Model size and schedule per profile; anything not named keeps the paper's value.
 
-``cluster_scale`` sets k-means' K for the named tasks to the paper's K for that target times the
-scale: the synthetic domains hold about a quarter of the real identities (``SIZES["default"]``),
-so they get about a quarter of the clusters. The synthetic profile trains a small network from
+K is not a profile setting: it follows the target (``default_num_clusters``), except that
+``synthetic_num_clusters`` fixes it on the synthetic domains of a profile that says so (the smoke
+profile's tiny domains, for fast tests). The synthetic profile trains a small network from
 scratch (no ImageNet weights), so its learning rate is larger than the paper's; Stage II keeps the
 paper's rule of using Stage I's base rate.
 """
 
 PAPER_NUM_CLUSTERS = {"market": 500, "duke": 500, "msmt": 1500}
+"""k-means' K in the paper per target domain: MMT-500 on Market-1501 and DukeMTMC-reID, MMT-1500 on MSMT17."""
+
+_DOMAIN_OF = {name: domain for names in DOMAIN_DATASETS.values() for domain, name in names.items()}
+EXPLICIT_NUM_CLUSTERS = "mmt.num_clusters, set explicitly"
+
+
+def default_num_clusters(profile: str, target: str, synthetic_size: str) -> tuple[int, str] | None:
+    """k-means' K for ``target`` when ``mmt.num_clusters`` is not set, with where it comes from.
+
+    K stands for the number of identities in the target's training set, so it follows the data:
+    a real named dataset gets the paper's K whatever the profile; a synthetic domain gets the K of
+    the real dataset it stands for, scaled by the share of that dataset's training identities the
+    generator draws at ``synthetic_size`` (``synthetic.SIZES``: 188 of Market's 751 at the default
+    size, so 125 clusters). ``None`` for any other (custom) target: nothing says how many people it holds.
+    """
+    domain = _DOMAIN_OF.get(target)
+    if domain is None:
+        return None
+    paper_k = PAPER_NUM_CLUSTERS[domain]
+    real = DOMAIN_DATASETS["real"][domain]
+    if target == real:
+        return paper_k, f"the paper's K for {real} (MMT-{paper_k})"
+    fixed = PROFILES[profile].get("synthetic_num_clusters")
+    if fixed is not None:
+        return fixed, f"the {profile} profile's K for synthetic targets"
+    from mmt_lib.data.synthetic import DOMAINS, SIZES, identity_counts
+
+    if synthetic_size not in SIZES:
+        raise ValueError(f"unknown data.synthetic_size {synthetic_size!r}; known: {sorted(SIZES)}")
+    spec = DOMAINS[target]
+    ids = identity_counts(spec, SIZES[synthetic_size])[0]
+    return (round(paper_k * ids / spec.real_train_ids),
+            f"the paper's K for {real} ({paper_k}) x {ids}/{spec.real_train_ids}, the share of its train "
+            f"identities {target} draws at size {synthetic_size!r}")
+
+
+def num_clusters_origin(cfg: RunConfig) -> str:
+    """Where ``cfg.mmt.num_clusters`` came from: the rule of ``default_num_clusters``, or an explicit setting."""
+    if cfg.mmt.num_clusters is None:
+        return "not set (custom target)"
+    rule = default_num_clusters(cfg.profile, cfg.data.target, cfg.data.synthetic_size)
+    return rule[1] if rule is not None and rule[0] == cfg.mmt.num_clusters else EXPLICIT_NUM_CLUSTERS
 
 
 def _overlay(obj: Any, updates: dict[str, Any], section: str) -> Any:
@@ -303,16 +345,17 @@ def resolve(
     if pretrained is not None:
         model_cfg = replace(model_cfg, pretrained=str(pretrained))
     pretrain_cfg = _overlay(PretrainConfig(), spec["pretrain"], "pretrain")
-    mmt_cfg = _overlay(MMTConfig(), spec["mmt"], "mmt")
-    if "cluster_scale" in spec and tgt_domain is not None:
-        mmt_cfg = replace(mmt_cfg, num_clusters=round(PAPER_NUM_CLUSTERS[tgt_domain] * spec["cluster_scale"]))
-    mmt_cfg = _overlay(mmt_cfg, VARIANTS[variant], "mmt")
+    mmt_cfg = _overlay(_overlay(MMTConfig(), spec["mmt"], "mmt"), VARIANTS[variant], "mmt")
     sections = {"data": data_cfg, "model": model_cfg, "pretrain": pretrain_cfg, "mmt": mmt_cfg,
                 "runtime": RuntimeConfig(device=device)}
     for section, updates in (overrides or {}).items():
         if section not in sections:
             raise ValueError(f"unknown override section {section!r}; known: {sorted(sections)}")
         sections[section] = _overlay(sections[section], dict(updates), section)
+    if sections["mmt"].num_clusters is None:
+        rule = default_num_clusters(profile, sections["data"].target, sections["data"].synthetic_size)
+        if rule is not None:
+            sections["mmt"] = replace(sections["mmt"], num_clusters=rule[0])
     cfg = RunConfig(stage=stage, profile=profile, task=task if tgt_domain else f"{source}2{target}",
                     variant=variant, seed=int(seed), **sections)
     validate(cfg)
@@ -428,6 +471,14 @@ def validate(cfg: RunConfig) -> None:
     _check_values(cfg)
     _check_names(cfg)
     m, d, p = cfg.mmt, cfg.data, cfg.pretrain
+    if cfg.stage == "mmt" and cfg.variant != "direct" and m.clustering == "kmeans" and m.num_clusters is None:
+        raise ValueError(
+            f"k-means (variant {cfg.variant!r}) needs its K for the custom target {d.target!r}, which no rule "
+            f"gives: set mmt.num_clusters to about the number of identities in its training set "
+            f"(overrides={{'mmt': {{'num_clusters': K}}}}; in the batch: "
+            f"--param 'overrides={{\"mmt\": {{\"num_clusters\": K}}}}'), or use DBSCAN, which needs no K "
+            f"(--variant mmt-dbscan; in the batch: --only '*/mmt-dbscan/*')"
+        )
     uses_soft = m.soft_ce_weight > 0 or m.soft_tri_weight > 0
     if uses_soft and m.soft_teacher == "none":
         raise ValueError("soft losses have non-zero weight but mmt.soft_teacher is 'none'")

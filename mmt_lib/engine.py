@@ -11,7 +11,8 @@ from torch import nn
 
 from mmt_lib import distributed
 from mmt_lib.config import DataConfig, RunConfig, RuntimeConfig
-from mmt_lib.data import ReidDataset, load_dataset
+from mmt_lib.data import ReidDataset, Sample, load_dataset
+from mmt_lib.data.decoded import DecodedImages, cache_dir, decode_once
 from mmt_lib.data.loaders import ImageDataset, build_test_loader
 from mmt_lib.data.transforms import build_test_transform
 from mmt_lib.evaluate import evaluate_features, extract_features
@@ -107,13 +108,26 @@ def load_named_dataset(data: DataConfig, name: str) -> ReidDataset:
     return load_dataset(name, project_path(data.data_root))
 
 
+def decoded_images(cfg: RunConfig, samples: list[Sample]) -> DecodedImages | None:
+    """``samples``' images decoded and resized to the input size once, for every epoch and run to reuse
+    (``mmt_lib.data.decoded``); ``None`` (decode on every draw) when ``MMT_CACHE_DIR=off``.
+
+    Concurrent processes (``torchrun`` ranks, batch jobs) wait on a file lock while one decodes.
+    """
+    folder = cache_dir(project_path(cfg.data.data_root))
+    if folder is None:
+        return None
+    return decode_once([path for path, _, _ in samples], cfg.data.height, cfg.data.width, folder,
+                       progress=show_progress(cfg.runtime))
+
+
 def evaluate_model(
     model: nn.Module, dataset: ReidDataset, cfg: RunConfig, device: torch.device, desc: str = "evaluate"
 ) -> dict[str, float]:
     """mAP, mINP and CMC of ``model`` on the query/gallery split of ``dataset`` (the paper's protocol, docs/method.md)."""
     samples = dataset.query + dataset.gallery
     loader = build_test_loader(
-        ImageDataset(samples, build_test_transform(cfg.data.height, cfg.data.width)),
+        ImageDataset(samples, build_test_transform(cfg.data.height, cfg.data.width), decoded_images(cfg, samples)),
         batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers,
         pin_memory=device.type == "cuda",
     )

@@ -36,8 +36,8 @@ from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
 from mmt_lib.engine import (
-    autocast, build_adam, check_finite, evaluate_model, load_named_dataset, prepare_model, resolve_device,
-    show_progress, training_module, uses_bf16,
+    autocast, build_adam, check_finite, decoded_images, evaluate_model, load_named_dataset, prepare_model,
+    resolve_device, show_progress, training_module, uses_bf16,
 )
 from mmt_lib.evaluate import extract_features
 from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
@@ -108,7 +108,8 @@ def embed_target(nets: list[ReidNet], target: ReidDataset, cfg: RunConfig, devic
         raise ValueError(f"the target training set holds {n} images, fewer than the "
                          f"{distributed.world_size()} processes: use fewer processes")
     loader = build_test_loader(
-        ImageDataset(target.train[distributed.shard(n)], build_test_transform(cfg.data.height, cfg.data.width)),
+        ImageDataset(target.train[distributed.shard(n)], build_test_transform(cfg.data.height, cfg.data.width),
+                     decoded_images(cfg, target.train)),
         batch_size=cfg.data.test_batch_size, num_workers=cfg.data.num_workers, pin_memory=device.type == "cuda",
     )
     amp = torch.bfloat16 if uses_bf16(cfg.runtime, device) else None
@@ -249,6 +250,7 @@ def train_mmt(
     seed_everything(cfg.seed)
     networks = build_networks(cfg, pretrained, device)
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=m.random_erasing)
+    images = decoded_images(cfg, target.train)
 
     def run_epoch(epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         record: dict[str, Any] = {"epoch": epoch}
@@ -269,7 +271,7 @@ def train_mmt(
                                m.lr, m.weight_decay, cfg.runtime, device)
         labelled = [(path, int(y), cam) for (path, _, cam), y in zip(target.train, labels) if y >= 0]
         loader = build_train_loader(
-            TwoViewDataset(labelled, train_tf), labelled, batch_size=cfg.data.batch_size,
+            TwoViewDataset(labelled, train_tf, images), labelled, batch_size=cfg.data.batch_size,
             num_instances=cfg.data.num_instances, num_workers=cfg.data.num_workers, seed=cfg.seed,
             epoch=epoch, pin_memory=device.type == "cuda", rank=distributed.rank(),
             world_size=distributed.world_size(),
@@ -303,10 +305,19 @@ def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
         "stage": "mmt", "task": cfg.task, "variant": cfg.variant, "seed": cfg.seed,
         "config_hash": cfg.config_hash(), "config": cfg.to_dict(),
         "selection": "label-free: last epoch, network 1",
+        **cluster_count(cfg),
         **final,
         "oracle": {"epoch": best[0], "network": best[1], **best[2], "note": ORACLE_NOTE},
         "history": history,
     }
+
+
+def cluster_count(cfg: RunConfig) -> dict[str, Any]:
+    """The K k-means used and where it came from; DBSCAN finds its own count each epoch (``history``)."""
+    if cfg.mmt.clustering != "kmeans":
+        return {"num_clusters": None,
+                "num_clusters_from": "DBSCAN: found each epoch (history: pseudo_labels.num_clusters)"}
+    return {"num_clusters": cfg.mmt.num_clusters, "num_clusters_from": num_clusters_origin(cfg)}
 
 
 def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:

@@ -21,8 +21,8 @@ from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
-    autocast, build_adam, check_finite, evaluate_model, load_task_datasets, prepare_model, resolve_device,
-    training_module,
+    autocast, build_adam, check_finite, decoded_images, evaluate_model, load_task_datasets, prepare_model,
+    resolve_device, training_module,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.models import build_model, share_initial_backbone
@@ -59,7 +59,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     optimizer = build_adam(model.parameters(), p.lr, p.weight_decay, cfg.runtime, device)
     trained = training_module(model, cfg.runtime, device)
     train_tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
-    source_set, target_set = ImageDataset(source.train, train_tf), ImageDataset(target.train, train_tf)
+    source_set, target_set = (ImageDataset(d.train, train_tf, decoded_images(cfg, d.train)) for d in (source, target))
 
     def run_epoch(epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
         for group in optimizer.param_groups:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,36 +27,43 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from mmt_lib.data.base import Sample
+from mmt_lib.data.decoded import DecodedImages, load_image
 from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
 from mmt_lib.data.transforms import Transform
 from mmt_lib.distributed import per_rank_batch
 from mmt_lib.seeding import WORKER_STREAM, derive_seed
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """An RGB PIL image; a missing or unreadable file raises ``OSError`` naming the path."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except OSError as err:
-        raise OSError(f"cannot read image file {path}: {err}") from err
-
-
 class ImageDataset(Dataset):
-    """Items ``(image, pid, camid, index)``: ``index`` ties a feature back to its sample."""
+    """Items ``(image, pid, camid, index)``: ``index`` ties a feature back to its sample.
 
-    def __init__(self, samples: list[Sample], transform: Transform) -> None:
+    With ``images`` (``decoded.decode_once``), images come from the decoded cache instead of being
+    decoded from their files on every draw; the transform, and so every random draw, is the same.
+    """
+
+    def __init__(self, samples: list[Sample], transform: Transform, images: DecodedImages | None = None) -> None:
         if not callable(transform):
             raise TypeError(f"transform must be callable, got {type(transform).__name__}")
         self.samples = list(samples)
         self.transform = transform
+        self.images = images
+        if images is not None:
+            missing = [path for path, _, _ in self.samples if path not in images]
+            if missing:
+                raise ValueError(f"{len(missing)} of {len(self.samples)} images are not in the decoded cache "
+                                 f"{images.file}, e.g. {missing[0]}")
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def image(self, index: int) -> Image.Image:
+        """The RGB image of sample ``index``, before any transform."""
+        path = self.samples[index][0]
+        return load_image(path) if self.images is None else self.images.image(path)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, int]:
-        path, pid, camid = self.samples[index]
-        return self.transform(load_image(path)), pid, camid, index
+        _, pid, camid = self.samples[index]
+        return self.transform(self.image(index)), pid, camid, index
 
 
 class TwoViewDataset(ImageDataset):
@@ -68,8 +74,8 @@ class TwoViewDataset(ImageDataset):
     """
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, int, int]:
-        path, pid, camid = self.samples[index]
-        image = load_image(path)
+        _, pid, camid = self.samples[index]
+        image = self.image(index)
         return self.transform(image), self.transform(image), pid, camid, index
 
 

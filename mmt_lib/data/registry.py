@@ -1,4 +1,8 @@
-"""`load_dataset(name, root)`: one entry point for every dataset; adding a parser is one line in DATASETS."""
+"""`load_dataset(name, root)`: one entry point for every dataset; adding a parser is one line in DATASETS.
+
+Any other name is a folder under the root in the `folder` layout (`mmt_lib.data.folder`): data of
+your own is used by its folder's name, e.g. `load_dataset("mycams", "data")` reads `data/mycams/`.
+"""
 
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ DATASETS: dict[str, Callable[..., ReidDataset]] = {
 
 
 def known_datasets() -> list[str]:
-    """The names `load_dataset` accepts, sorted."""
+    """The parsers' names, sorted (`load_dataset` also takes the name of a folder-layout folder)."""
     return sorted(DATASETS)
 
 
@@ -46,8 +50,18 @@ def load_dataset(name: str, root: str | Path, **options) -> ReidDataset:
     """Load dataset `name` from `root` (the dataset folder or the folder holding it).
 
     `options` go to the parser: `version` for msmt17, `display_name` for folder, `size`/`seed` for synth-*.
+    A name no parser has is read as the folder `root/name` in the `folder` layout, labelled `name`.
     """
     key = name.strip().lower()
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())}")
-    return DATASETS[key](root, **options)
+    if key in DATASETS:
+        return DATASETS[key](root, **options)
+    if is_folder_dataset(name, root):
+        return load_folder(Path(root) / name, display_name=name)
+    raise ValueError(f"unknown dataset {name!r}: no parser has this name (known: {', '.join(known_datasets())}) "
+                     f"and {Path(root) / name} is not a folder in the folder layout (train/, query/, gallery/)")
+
+
+def is_folder_dataset(name: str, root: str | Path) -> bool:
+    """Whether `name` is no parser's name but a folder under `root`, to be read in the `folder` layout."""
+    plain = name not in ("", ".", "..") and Path(name).name == name
+    return plain and name.strip().lower() not in DATASETS and (Path(root) / name).is_dir()

@@ -27,6 +27,9 @@ ERASING_FILL = 0.0
 """Erasing runs after Normalize, where the ImageNet mean pixel is (mean - mean) / std = 0 in every channel:
 filling with 0 is filling with the ImageNet mean, as the paper specifies."""
 
+RESIZE_INTERPOLATION = InterpolationMode.BICUBIC
+"""How every image is resized to the input size (``decoded`` caches exactly this step's output)."""
+
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
@@ -46,7 +49,7 @@ def build_train_transform(
     if not 0.0 <= erasing_prob <= 1.0:
         raise ValueError(f"erasing_prob must be in [0, 1], got {erasing_prob}")
     steps: list[Callable] = [
-        T.Resize((height, width), interpolation=InterpolationMode.BICUBIC),
+        T.Resize((height, width), interpolation=RESIZE_INTERPOLATION),
         T.RandomHorizontalFlip(p=0.5),
         T.Pad(train_padding(height)),
         T.RandomCrop((height, width)),
@@ -62,7 +65,7 @@ def build_test_transform(height: int, width: int) -> Transform:
     """Bicubic resize and ImageNet normalisation, nothing random."""
     _check_size(height, width)
     return T.Compose([
-        T.Resize((height, width), interpolation=InterpolationMode.BICUBIC),
+        T.Resize((height, width), interpolation=RESIZE_INTERPOLATION),
         T.ToTensor(),
         T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])

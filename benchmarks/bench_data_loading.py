@@ -1,0 +1,178 @@
+"""Seconds per CPU Stage I epoch on real-layout JPEG folders: images decoded on every draw, or decoded once.
+
+Builds (once, under ``--root``) a Market-1501-layout source of ``--images`` JPEG crops at Market's
+128x64 and a ``folder``-layout target of as many, then times whole Stage I epochs of the library
+(``mmt_lib.pretrain.train_epoch``: ``--iters`` identity-balanced source batches, each with a target
+batch forwarded for BatchNorm) on the synthetic profile (``cpu_small``, 64x32, batch 64):
+
+* real, decoded every draw: each image read from its JPEG and resized on every draw (no cache);
+* real, decoded once: rows of the decoded cache (``mmt_lib.data.decoded``), built before timing;
+  timed with 0, 1, ... loader workers, up to this machine's cores;
+* synthetic, both ways: the synth-duke -> synth-market domains (default size, generated under
+  ``--root`` on first use), the data the epoch time on real images is measured against.
+
+Each case runs ``--epochs`` epochs from the same seeded network; the table reports the fastest
+(the machine may be shared) and every epoch's time. It also reports the cache's build time and size.
+
+    python benchmarks/bench_data_loading.py                                  # 7,000 images, 40 iterations
+    python benchmarks/bench_data_loading.py --images 300 --iters 2 --epochs 1 --workers 0   # smoke check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmt_lib.config import RunConfig, resolve  # noqa: E402
+from mmt_lib.data.decoded import available_cores, cache_dir, decode_once  # noqa: E402
+from mmt_lib.data.loaders import ImageDataset, build_shuffled_loader, build_train_loader  # noqa: E402
+from mmt_lib.data.transforms import build_train_transform  # noqa: E402
+from mmt_lib.engine import build_adam, load_task_datasets, prepare_model  # noqa: E402
+from mmt_lib.models import build_model  # noqa: E402
+from mmt_lib.pretrain import learning_rate, train_epoch  # noqa: E402
+from mmt_lib.seeding import seed_everything  # noqa: E402
+
+MARKET = "Market-1501-v15.09.15"
+TARGET = "bench-target"
+HEIGHT, WIDTH = 128, 64
+"""Market-1501's crop size."""
+IMAGES_PER_ID = 9.3
+"""Market-1501's training set: 12,936 images of 751 identities, 17.2 per identity; half that keeps
+the number of identities per image of a 7,000-image set near Market's."""
+
+
+def crop(rng: np.random.Generator) -> Image.Image:
+    """A pedestrian-sized JPEG-able crop: smooth colour regions plus sensor-like noise (about Market's file size)."""
+    coarse = rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)
+    smooth = np.asarray(Image.fromarray(coarse).resize((WIDTH, HEIGHT), Image.BICUBIC), dtype=np.int16)
+    noisy = smooth + rng.integers(-12, 13, smooth.shape)
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def write_split(folder: Path, count: int, ids: int, cams: int, seed: int, name) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        pid, cam = 1 + i % ids, 1 + int(rng.integers(cams))
+        crop(rng).save(folder / name(pid, cam, i), "JPEG", quality=90)
+
+
+def make_datasets(root: Path, images: int) -> None:
+    """A Market-layout source and a folder-layout target of ``images`` training crops each (kept once made)."""
+    marker = root / ".bench-datasets.json"
+    spec = {"images": images, "size": [HEIGHT, WIDTH], "version": 1}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return
+    ids = max(16, round(images / IMAGES_PER_ID))  # at least one batch of 16 identities x 4
+    market = root / MARKET
+    steps = [
+        (market / "bounding_box_train", images, ids, 0, lambda p, c, i: f"{p:04d}_c{c}s1_{i:06d}_00.jpg"),
+        (market / "query", 100, 50, 1, lambda p, c, i: f"{p:04d}_c{c}s1_{i:06d}_00.jpg"),
+        (market / "bounding_box_test", 500, 50, 2, lambda p, c, i: f"{p:04d}_c{c}s1_{i:06d}_00.jpg"),
+        (root / TARGET / "train", images, ids, 3, lambda p, c, i: f"{p}_c{c}_{i}.jpg"),
+        (root / TARGET / "query", 100, 50, 4, lambda p, c, i: f"{p}_c{c}_{i}.jpg"),
+        (root / TARGET / "gallery", 500, 50, 5, lambda p, c, i: f"{p}_c{c}_{i}.jpg"),
+    ]
+    for folder, count, n_ids, seed, name in tqdm(steps, desc="writing JPEG folders", unit="split"):
+        write_split(folder, count, n_ids, 6, seed, name)
+    marker.write_text(json.dumps(spec))
+
+
+def time_epochs(cfg: RunConfig, cached: bool, workers: int, epochs: int) -> list[float]:
+    """Seconds of each Stage I epoch (loaders built inside the epoch, as ``pretrain`` does)."""
+    torch.set_num_threads(available_cores())
+    source, target = load_task_datasets(cfg.data)
+    tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
+    folder = cache_dir(cfg.data.data_root)
+
+    def dataset(samples: list) -> ImageDataset:
+        images = decode_once([p for p, _, _ in samples], cfg.data.height, cfg.data.width, folder, progress=False)
+        return ImageDataset(samples, tf, images if cached else None)
+
+    source_set, target_set = dataset(source.train), dataset(target.train)
+    seed_everything(cfg.seed)
+    model = prepare_model(build_model(cfg.model.arch, source.num_train_pids), cfg.runtime, torch.device("cpu"))
+    optimizer = build_adam(model.parameters(), cfg.pretrain.lr, cfg.pretrain.weight_decay, cfg.runtime,
+                           torch.device("cpu"))
+    seconds = []
+    for epoch in range(epochs):
+        seed_everything(cfg.seed, epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg.pretrain, epoch)
+        tic = time.perf_counter()
+        source_loader = build_train_loader(source_set, source.train, cfg.data.batch_size, cfg.data.num_instances,
+                                           workers, cfg.seed, epoch)
+        target_loader = build_shuffled_loader(target_set, cfg.data.batch_size, workers, seed=cfg.seed + epoch)
+        train_epoch(model, optimizer, source_loader, target_loader, cfg, torch.device("cpu"), epoch)
+        seconds.append(time.perf_counter() - tic)
+    return seconds
+
+
+def cache_report(cfg: RunConfig) -> tuple[float, int, int]:
+    """(seconds to decode both training sets into a fresh cache folder, the files' bytes, images)."""
+    source, target = load_task_datasets(cfg.data)
+    with tempfile.TemporaryDirectory() as folder:
+        tic = time.perf_counter()
+        files = [decode_once([p for p, _, _ in ds.train], cfg.data.height, cfg.data.width, folder, progress=False)
+                 for ds in (source, target)]
+        seconds = time.perf_counter() - tic
+        return seconds, sum(f.file.stat().st_size for f in files), sum(len(f) for f in files)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", default="data/bench-loading", help="where the JPEG folders are written (kept)")
+    parser.add_argument("--images", type=int, default=7000, help="training images of the source and of the target")
+    parser.add_argument("--iters", type=int, default=40, help="iterations per epoch (the synthetic profile's 40)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per case")
+    parser.add_argument("--workers", type=int, nargs="+", default=None,
+                        help="loader workers to time with the cache (default: 0 .. the available cores)")
+    parser.add_argument("--synthetic-root", default="data", help="where the synthetic domains are (generated if absent)")
+    parser.add_argument("--skip-synthetic", action="store_true", help="time the real-layout folders only")
+    args = parser.parse_args(argv)
+    root = Path(args.root).resolve()
+    os.environ.pop("MMT_CACHE_DIR", None)
+    make_datasets(root, args.images)
+    overrides = {"pretrain": {"iters": args.iters}, "runtime": {"progress": False}}
+    real = resolve("pretrain", "synthetic", source="market1501", target=TARGET, data_root=str(root), device="cpu",
+                   overrides=overrides)
+    synthetic = resolve("pretrain", "synthetic", task="duke2market", data_root=args.synthetic_root, device="cpu",
+                        overrides=overrides)
+    build_s, build_bytes, build_images = cache_report(real)
+    workers = args.workers if args.workers is not None else list(range(available_cores() + 1))
+    cases = [("real, decoded every draw", real, False, 0)]
+    cases += [(f"real, decoded once, {w} worker{'s' * (w != 1)}", real, True, w) for w in workers]
+    if not args.skip_synthetic:
+        cases += [("synthetic, decoded every draw", synthetic, False, 0), ("synthetic, decoded once", synthetic, True, 0)]
+    rows = []
+    for name, cfg, cached, w in tqdm(cases, desc="cases", unit="case"):
+        seconds = time_epochs(cfg, cached, w, args.epochs)
+        rows.append((name, min(seconds), seconds))
+    print(f"\ncores available: {available_cores()}, torch threads: {torch.get_num_threads()}, "
+          f"{args.iters} iterations of batch {real.data.batch_size} at {real.data.height}x{real.data.width}, "
+          f"{args.images} source + {args.images} target training images at {HEIGHT}x{WIDTH}")
+    print(f"decoded cache: {build_images} images decoded in {build_s:.1f} s, {build_bytes / 2**20:.1f} MiB on disk\n")
+    references = [next((r[1] for r in rows if r[0] == f"synthetic, decoded {how}"), None)
+                  for how in ("every draw", "once")]
+    print("| case | epoch s (fastest) | every epoch s | / synthetic, decoded every draw | / synthetic, decoded once |")
+    print("|---|---|---|---|---|")
+    for name, best, seconds in rows:
+        ratios = " | ".join(f"{best / ref:.2f}x" if ref else "-" for ref in references)
+        print(f"| {name} | {best:.2f} | {', '.join(f'{s:.2f}' for s in seconds)} | {ratios} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
