@@ -60,7 +60,7 @@ def work(data_root: Path, out_dir: Path) -> dict[str, Any]:
     """
     import torch
 
-    from mmt_lib import config, mmt, pretrain
+    from mmt_lib import config, mmt
 
     quiet = {"runtime": {"progress": False}}
     results: dict[str, Any] = {"torch_capability": torch.backends.cpu.get_cpu_capability(),

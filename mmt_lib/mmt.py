@@ -31,7 +31,7 @@ from torch import nn
 from mmt_lib import distributed, provenance
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import save_arrays_atomic
-from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig
+from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig, num_clusters_origin
 from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from mmt_lib.config import RunConfig
+from mmt_lib.config import RunConfig, num_clusters_origin
 
 
 def results_table(metrics: dict[str, Any]) -> pd.DataFrame:
@@ -23,7 +23,8 @@ def describe_variant(cfg: RunConfig) -> str:
     on = ", ".join(f"{name} x{w:g}" for name, w in m.term_weights().items() if w > 0)
     teacher = {"peer-mean": "the peer's mean teacher", "own-mean": "the network's own mean teacher",
                "peer-current": "the peer's current network", "none": "nobody (hard labels only)"}[m.soft_teacher]
-    clusters = f"k-means, K={m.num_clusters}" if m.clustering == "kmeans" else f"DBSCAN on Jaccard (k1={m.k1})"
+    clusters = (f"k-means, K={m.num_clusters} ({num_clusters_origin(cfg)})" if m.clustering == "kmeans"
+                else f"DBSCAN on Jaccard (k1={m.k1})")
     return (f"**{cfg.variant}** on `{cfg.data.source}` → `{cfg.data.target}`: loss terms {on}; soft labels from "
             f"{teacher}; pseudo labels by {clusters}; mean teachers {'on' if m.mean_teacher else 'off'}.")
 

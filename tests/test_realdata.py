@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mmt_lib import batch, engine, mmt
+from mmt_lib import batch, engine, mmt, reporting
 from mmt_lib.config import EXPLICIT_NUM_CLUSTERS, TASKS, num_clusters_origin, resolve
 from mmt_lib.data import decoded, load_dataset
 from mmt_lib.data.decoded import CACHE_ENV, DecodedImages, decode_once
@@ -129,10 +129,10 @@ def test_an_explicit_k_wins_and_is_recorded_as_such():
     cfg = resolve(profile="synthetic", data="real", task="duke2market", overrides={"mmt": {"num_clusters": 700}})
     assert cfg.mmt.num_clusters == 700
     assert mmt.cluster_count(cfg) == {"num_clusters": 700, "num_clusters_from": EXPLICIT_NUM_CLUSTERS}
-    line = mmt.describe_variant(cfg)
+    line = reporting.describe_variant(cfg)
     assert "K=700 (mmt.num_clusters, set explicitly)" in line
     paper = resolve(profile="synthetic", data="real", task="market2msmt")
-    assert "K=1500 (the paper's K for msmt17" in mmt.describe_variant(paper)
+    assert "K=1500 (the paper's K for msmt17" in reporting.describe_variant(paper)
     dbscan = mmt.cluster_count(resolve(variant="mmt-dbscan"))
     assert dbscan["num_clusters"] is None and "DBSCAN" in dbscan["num_clusters_from"]
 
