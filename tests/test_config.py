@@ -25,7 +25,7 @@ def test_paper_profile_keeps_the_published_schedule_and_cluster_counts():
 
 
 def test_custom_task_from_any_two_datasets():
-    cfg = resolve(profile="synthetic", source="market1501", target="folder", data_root="/data")
+    cfg = resolve(profile="synthetic", source="market1501", target="folder", data_root="/data", variant="mmt-dbscan")
     assert (cfg.data.source, cfg.data.target, cfg.task) == ("market1501", "folder", "market15012folder")
 
 
@@ -76,7 +76,7 @@ def test_hash_changes_with_any_setting_and_only_then():
     ({"pretrain": {"milestones": [5, 2]}}, r"pretrain\.milestones must be increasing epochs, got \[5, 2\]"),
     ({"pretrain": {"milestones": [1.5]}}, r"pretrain\.milestones must be a list of integers, got \[1\.5\]"),
     ({"pretrain": {"eval_every": 0}}, r"pretrain\.eval_every must be an integer >= 1, got 0"),
-    ({"mmt": {"num_clusters": 1}}, r"mmt\.num_clusters must be an integer >= 2, got 1"),
+    ({"mmt": {"num_clusters": 1}}, r"mmt\.num_clusters must be an integer >= 2 \(or None\), got 1"),
     ({"mmt": {"ema_alpha": 1.0}}, r"mmt\.ema_alpha must be a number in \[0, 1\), got 1\.0"),
     ({"mmt": {"rho": 0}}, r"mmt\.rho must be a number in \(0, 1\), got 0"),
     ({"mmt": {"k2": 10}}, r"mmt\.k2 must be in \[1, mmt\.k1 \+ 1\] = \[1, 7\], got 10"),

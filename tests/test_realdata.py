@@ -121,7 +121,7 @@ def test_custom_target_needs_an_explicit_k_for_kmeans_only(data_root):
         assert mmt.cluster_count(cfg)["num_clusters"] is None
     cfg = resolve(profile="synthetic", source="market1501", target="mycams", overrides={"mmt": {"num_clusters": 7}})
     assert cfg.mmt.num_clusters == 7 and num_clusters_origin(cfg) == EXPLICIT_NUM_CLUSTERS
-    with pytest.raises(ValueError, match=r"mmt\.num_clusters must be a positive"):
+    with pytest.raises(ValueError, match=r"mmt\.num_clusters must be an integer >= 2 \(or None\), got 0"):
         resolve(source="market1501", target="mycams", overrides={"mmt": {"num_clusters": 0}})
 
 
@@ -280,9 +280,9 @@ def test_smoke_batch_over_a_custom_folder_task(data_root, tmp_path, capfd):
     runs_dir = tmp_path / "runs"
     task = "market15012mycams"
     args = ["--profile", "smoke", "--data", "real", "--runs-dir", str(runs_dir)]
-    code = batch.main(["run", *args, "--data-root", str(data_root), "--tasks", "market2mycams",
-                       "--only", f"{task}/direct/*", f"{task}/mmt-kmeans/*",
-                       "--param", 'overrides={"mmt": {"num_clusters": 6}}', "device=cpu"])
+    plan = ["--data-root", str(data_root), "--tasks", "market2mycams", "--only", f"{task}/direct/*",
+            f"{task}/mmt-kmeans/*", "--param", 'overrides={"mmt": {"num_clusters": 6}}', "device=cpu"]
+    code = batch.main(["run", *args, *plan])
     assert code == 0
     profile_dir = runs_dir / "smoke"
     kmeans = json.loads((profile_dir / task / "mmt-kmeans" / "seed1" / "metrics.json").read_text())
@@ -293,7 +293,7 @@ def test_smoke_batch_over_a_custom_folder_task(data_root, tmp_path, capfd):
     assert pretrained["config"]["data"]["source"] == "market1501"
     assert list((data_root / ".mmt-cache" / "decoded").glob("*32x16*.npy"))  # decoded once, at the input size
     capfd.readouterr()
-    assert batch.main(["collect", *args]) == 0
+    assert batch.main(["collect", *args, *plan]) == 0
     assert f"| {task}" in capfd.readouterr().out
     table = pd.read_csv(profile_dir / "results.csv")
     assert set(table["variant"]) == {"direct", "mmt-kmeans"} and set(table["task"]) == {task}
