@@ -162,7 +162,7 @@ def _build(file: Path, paths: list[str], height: int, width: int, progress: bool
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
         with ThreadPoolExecutor(max_workers=threads) as pool:
             decoded = pool.map(decode_resized, paths, [height] * len(paths), [width] * len(paths))
-            for row, pixels in enumerate(tqdm(decoded, total=len(paths), unit="img", disable=not progress,
+            for row, pixels in enumerate(tqdm(decoded, total=len(paths), unit="img", disable=not progress, leave=False,
                                               desc=f"decoding {len(paths)} images to {height}x{width} (once)")):
                 rows[row] = pixels
         rows.flush()
