@@ -94,14 +94,16 @@ def _stage1_pair(common: dict[str, Any], overrides: dict[str, Any], out_dir: Pat
 
 
 HEADLINE = ("mAP", "mINP", "top1", "top5", "top10")
+PATH_BOUND = ("config", "config_hash", "provenance")
+"""Left out of the digest: they hold (or hash) the run's folders, which differ between two runs."""
 
 
 def fingerprint(metrics: dict[str, Any]) -> dict[str, str]:
     """The headline metrics in ``float.hex`` (nothing rounded) and a digest of every number the run
-    recorded, histories included (timings and the configuration left out)."""
+    recorded, histories included (timings and what names the run's folders left out)."""
     def strip(value: Any) -> Any:
         if isinstance(value, dict):
-            return {k: strip(v) for k, v in value.items() if not k.startswith("seconds") and k != "config"}
+            return {k: strip(v) for k, v in value.items() if not k.startswith("seconds") and k not in PATH_BOUND}
         if isinstance(value, list):
             return [strip(v) for v in value]
         return value.hex() if isinstance(value, float) else value
