@@ -6,6 +6,12 @@ the Table 2 variants on duke2market and market2duke, x seeds, with the Stage I r
 and one pseudo-label-noise notebook per task and seed. Each run executes one notebook with
 papermill into ``runs/<profile>/<task>/<variant>/seed<k>/``.
 
+Your own data: ``--data real --data-root DIR`` runs the named tasks on the real datasets under DIR
+(into ``runs/real/<profile>/`` on a profile of synthetic data, unless ``--runs-dir`` says otherwise);
+``--tasks SRC2TGT`` or ``--source SRC --target TGT`` runs any two datasets the parsers read, e.g. a
+folder of your own in the ``folder`` layout by its name (see ``task_specs``); a custom target's
+k-means needs ``--param 'overrides={"mmt": {"num_clusters": K}}'``.
+
 A run is done only when its ``metrics.json`` exists and carries the run's hash: the notebook's
 code cells, its parameters, the library version and the hashes of the runs it depends on.
 ``run`` skips done runs, resumes interrupted ones from their checkpoint and starts changed ones

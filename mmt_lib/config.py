@@ -3,7 +3,8 @@
 A *profile* picks model size and schedule (``smoke`` for tests, ``synthetic`` for CPU experiments,
 ``paper`` for the published GPU schedule). The data are chosen separately: ``data="synthetic"``
 maps each task to the embedded synthetic domains, ``data="real"`` to the real datasets under
-``data_root``; ``source``/``target`` name any two datasets for a custom task.
+``data_root``; ``source``/``target`` name any two datasets for a custom task. k-means' K follows
+the target (``default_num_clusters``); a custom target's must be set (``mmt.num_clusters``).
 
 Baseline and every ablation are *settings* of the one Stage II trainer (see ``VARIANTS``).
 """
@@ -228,6 +229,7 @@ PAPER_NUM_CLUSTERS = {"market": 500, "duke": 500, "msmt": 1500}
 
 _DOMAIN_OF = {name: domain for names in DOMAIN_DATASETS.values() for domain, name in names.items()}
 EXPLICIT_NUM_CLUSTERS = "mmt.num_clusters, set explicitly"
+"""Where a K came from that no rule gives: the overrides (or a K the rule would not have chosen)."""
 
 
 def default_num_clusters(profile: str, target: str, synthetic_size: str) -> tuple[int, str] | None:

@@ -25,7 +25,7 @@ def test_paper_profile_keeps_the_published_schedule_and_cluster_counts():
 
 
 def test_custom_task_from_any_two_datasets():
-    cfg = resolve(profile="synthetic", source="market1501", target="folder", data_root="/data")
+    cfg = resolve(profile="synthetic", source="market1501", target="folder", data_root="/data", variant="mmt-dbscan")
     assert (cfg.data.source, cfg.data.target, cfg.task) == ("market1501", "folder", "market15012folder")
 
 
