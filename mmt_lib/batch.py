@@ -109,6 +109,8 @@ def plan(
     seeds = seeds or [1]
     spec = PROFILES[profile]
     specs = task_specs(tasks or list(TASKS), data or spec["data_kind"], data_root or "data")
+    if data == spec["data_kind"]:
+        data = None  # the profile's own data: the same runs, the same hashes, as without --data
     reading = {name: value for name, value in (("data", data), ("data_root", data_root)) if value is not None}
     base = Path(runs_dir) / profile
     runs: list[Run] = []

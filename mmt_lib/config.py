@@ -48,6 +48,9 @@ class DataConfig:
     num_instances: int = 4
     test_batch_size: int = 128
     num_workers: int = 0
+    """Loader worker processes. A setting, not picked from the machine, because another count draws other
+    augmentations (``data.loaders``); 0 on the CPU profiles, where it was measured fastest with decoded
+    images (benchmarks/README.md), 4 on the paper's GPU profile."""
     bn_group_size: int | None = None
     """Images each BatchNorm normalises over. ``None``: the whole global batch, as one process does,
     whatever the device count. Under ``torchrun`` a smaller group is one process's share of the batch,
