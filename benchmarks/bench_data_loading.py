@@ -11,8 +11,11 @@ batch forwarded for BatchNorm) on the synthetic profile (``cpu_small``, 64x32, b
 * synthetic, both ways: the synth-duke -> synth-market domains (default size, generated under
   ``--root`` on first use), the data the epoch time on real images is measured against.
 
-Each case runs ``--epochs`` epochs from the same seeded network; the table reports the fastest
-(the machine may be shared) and every epoch's time. It also reports the cache's build time and size.
+Each case runs ``--epochs`` epochs from the same seeded network, the cases taking turns epoch by
+epoch so that a busy spell of a shared machine hits them alike; the table reports the fastest
+epoch's wall time (the machine may be shared), the least CPU time (this process's threads plus the
+loader workers': the work done, whatever else the machine runs) and every epoch's. It also reports
+the cache's build time and size.
 
     python benchmarks/bench_data_loading.py                                  # 7,000 images, 40 iterations
     python benchmarks/bench_data_loading.py --images 300 --iters 2 --epochs 1 --workers 0   # smoke check
@@ -22,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -90,34 +95,83 @@ def make_datasets(root: Path, images: int) -> None:
     marker.write_text(json.dumps(spec))
 
 
-def time_epochs(cfg: RunConfig, cached: bool, workers: int, epochs: int) -> list[float]:
-    """Seconds of each Stage I epoch (loaders built inside the epoch, as ``pretrain`` does)."""
-    torch.set_num_threads(available_cores())
-    source, target = load_task_datasets(cfg.data)
-    tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
-    folder = cache_dir(cfg.data.data_root)
+def cpu_seconds() -> float:
+    """CPU time of this process (every thread) and of its finished children (loader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
-    def dataset(samples: list) -> ImageDataset:
-        images = decode_once([p for p, _, _ in samples], cfg.data.height, cfg.data.width, folder, progress=False)
-        return ImageDataset(samples, tf, images if cached else None)
 
-    source_set, target_set = dataset(source.train), dataset(target.train)
-    seed_everything(cfg.seed)
-    model = prepare_model(build_model(cfg.model.arch, source.num_train_pids), cfg.runtime, torch.device("cpu"))
-    optimizer = build_adam(model.parameters(), cfg.pretrain.lr, cfg.pretrain.weight_decay, cfg.runtime,
-                           torch.device("cpu"))
-    seconds = []
-    for epoch in range(epochs):
+class Case:
+    """One way of loading one task: its datasets, and a network trained on from the same seeded start."""
+
+    def __init__(self, name: str, cfg: RunConfig, cached: bool, workers: int) -> None:
+        self.name, self.cfg, self.workers = name, cfg, workers
+        self.source, target = load_task_datasets(cfg.data)
+        tf = build_train_transform(cfg.data.height, cfg.data.width, random_erasing=False)
+        folder = cache_dir(cfg.data.data_root)
+
+        def dataset(samples: list) -> ImageDataset:
+            images = decode_once([p for p, _, _ in samples], cfg.data.height, cfg.data.width, folder, progress=False)
+            return ImageDataset(samples, tf, images if cached else None)
+
+        self.source_set, self.target_set = dataset(self.source.train), dataset(target.train)
+        seed_everything(cfg.seed)
+        cpu = torch.device("cpu")
+        self.model = prepare_model(build_model(cfg.model.arch, self.source.num_train_pids), cfg.runtime, cpu)
+        self.optimizer = build_adam(self.model.parameters(), cfg.pretrain.lr, cfg.pretrain.weight_decay,
+                                    cfg.runtime, cpu)
+        self.seconds: list[tuple[float, float]] = []
+
+    def epoch(self, epoch: int) -> None:
+        """One Stage I epoch (loaders built inside it, as ``pretrain`` does); records (wall, CPU) seconds."""
+        cfg = self.cfg
         seed_everything(cfg.seed, epoch)
-        for group in optimizer.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(cfg.pretrain, epoch)
-        tic = time.perf_counter()
-        source_loader = build_train_loader(source_set, source.train, cfg.data.batch_size, cfg.data.num_instances,
-                                           workers, cfg.seed, epoch)
-        target_loader = build_shuffled_loader(target_set, cfg.data.batch_size, workers, seed=cfg.seed + epoch)
-        train_epoch(model, optimizer, source_loader, target_loader, cfg, torch.device("cpu"), epoch)
-        seconds.append(time.perf_counter() - tic)
-    return seconds
+        tic, cpu = time.perf_counter(), cpu_seconds()
+        source_loader = build_train_loader(self.source_set, self.source.train, cfg.data.batch_size,
+                                           cfg.data.num_instances, self.workers, cfg.seed, epoch)
+        target_loader = build_shuffled_loader(self.target_set, cfg.data.batch_size, self.workers, seed=cfg.seed + epoch)
+        train_epoch(self.model, self.optimizer, source_loader, target_loader, cfg, torch.device("cpu"), epoch)
+        del source_loader, target_loader  # workers exit, so their CPU time is counted
+        self.seconds.append((time.perf_counter() - tic, cpu_seconds() - cpu))
+
+
+def per_image_cpu(case: Case, draws: int) -> float:
+    """CPU microseconds to draw one training image, on one thread: read it (JPEG or cache row), transform it."""
+    indices = np.random.default_rng(0).integers(len(case.source_set), size=draws)
+    tic = time.process_time()
+    for index in indices:
+        case.source_set[int(index)]
+    return (time.process_time() - tic) / draws * 1e6
+
+
+def step_cpu(case: Case, steps: int) -> float:
+    """CPU milliseconds of one Stage I iteration on one thread, its batches already in memory (no loading)."""
+    batch = [case.source_set[i] for i in range(case.cfg.data.batch_size)]
+    images = torch.stack([b[0] for b in batch])
+    pids = torch.arange(len(batch)) // case.cfg.data.num_instances
+    cfg = replace(case.cfg, pretrain=replace(case.cfg.pretrain, iters=steps))
+    tic = time.process_time()
+    train_epoch(case.model, case.optimizer, [(images, pids, None, None)], [(images,)], cfg, torch.device("cpu"), 0)
+    return (time.process_time() - tic) / steps * 1e3
+
+
+def epoch_table(cases: list[Case]) -> None:
+    """Wall and CPU seconds of whole epochs, with the default threads, against the synthetic epochs."""
+    rows = [(c.name, min(w for w, _ in c.seconds), min(u for _, u in c.seconds), c.seconds) for c in cases]
+    references = [next((r[1] for r in rows if r[0] == f"synthetic, decoded {how}"), None)
+                  for how in ("every draw", "once")]
+    print("\n| case | epoch s (fastest) | CPU s (least) | every epoch: wall / CPU s | "
+          "/ synthetic, decoded every draw | / synthetic, decoded once |")
+    print("|---|---|---|---|---|---|")
+    for name, wall, cpu, seconds in rows:
+        ratios = " | ".join(f"{wall / ref:.2f}x" if ref else "-" for ref in references)
+        every = ", ".join(f"{w:.1f} / {c:.1f}" for w, c in seconds)
+        print(f"| {name} | {wall:.2f} | {cpu:.2f} | {every} | {ratios} |")
+    fastest = min((c for c in cases if c.name.startswith("real, decoded once")), key=lambda c: min(c.seconds)[0])
+    print(f"\nFastest with the cache on this machine: {fastest.workers} loader workers "
+          f"(data.num_workers; a different count draws different augmentations, see mmt_lib.data.loaders)")
 
 
 def cache_report(cfg: RunConfig) -> tuple[float, int, int]:
@@ -131,16 +185,48 @@ def cache_report(cfg: RunConfig) -> tuple[float, int, int]:
         return seconds, sum(f.file.stat().st_size for f in files), sum(len(f) for f in files)
 
 
+def one_thread_costs(cases: list[Case], draws: int, iters: int, rounds: int = 3) -> None:
+    """The epoch split into its parts on one thread, in CPU time: robust to a busy shared machine.
+
+    Each number is the least of ``rounds`` measurements, the cases taking turns within a round.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    plain = [c for c in cases if c.workers == 0]
+    images: dict[str, list[float]] = {c.name: [] for c in plain}
+    steps = []
+    for _ in range(rounds):
+        steps.append(step_cpu(cases[0], steps=5))
+        for case in plain:
+            images[case.name].append(per_image_cpu(case, draws))
+    step = min(steps)
+    per_epoch_images = 2 * iters * cases[0].cfg.data.batch_size  # a source and a target batch per iteration
+    print(f"\nOne thread, CPU time (least of {rounds}): a Stage I iteration without loading takes {step:.0f} ms; "
+          f"an epoch draws {per_epoch_images} images.\n")
+    epochs = {name: min(costs) * per_epoch_images / 1e6 + step * iters / 1e3 for name, costs in images.items()}
+    reference = epochs.get("synthetic, decoded every draw")
+    print("| case (0 workers) | CPU us per image | loading CPU s per epoch | epoch CPU s (loading + steps) "
+          "| / synthetic, decoded every draw |")
+    print("|---|---|---|---|---|")
+    for name, costs in images.items():
+        loading = min(costs) * per_epoch_images / 1e6
+        ratio = f"{epochs[name] / reference:.2f}x" if reference else "-"
+        print(f"| {name} | {min(costs):.0f} | {loading:.1f} | {epochs[name]:.1f} | {ratio} |")
+    torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", default="data/bench-loading", help="where the JPEG folders are written (kept)")
     parser.add_argument("--images", type=int, default=7000, help="training images of the source and of the target")
     parser.add_argument("--iters", type=int, default=40, help="iterations per epoch (the synthetic profile's 40)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per case")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per case (0: one-thread costs only)")
     parser.add_argument("--workers", type=int, nargs="+", default=None,
                         help="loader workers to time with the cache (default: 0 .. the available cores)")
     parser.add_argument("--synthetic-root", default="data", help="where the synthetic domains are (generated if absent)")
     parser.add_argument("--skip-synthetic", action="store_true", help="time the real-layout folders only")
+    parser.add_argument("--draws", type=int, default=2000,
+                        help="images drawn per case for the one-thread CPU cost per image (0: skip)")
     args = parser.parse_args(argv)
     root = Path(args.root).resolve()
     os.environ.pop("MMT_CACHE_DIR", None)
@@ -156,21 +242,18 @@ def main(argv: list[str] | None = None) -> int:
     cases += [(f"real, decoded once, {w} worker{'s' * (w != 1)}", real, True, w) for w in workers]
     if not args.skip_synthetic:
         cases += [("synthetic, decoded every draw", synthetic, False, 0), ("synthetic, decoded once", synthetic, True, 0)]
-    rows = []
-    for name, cfg, cached, w in tqdm(cases, desc="cases", unit="case"):
-        seconds = time_epochs(cfg, cached, w, args.epochs)
-        rows.append((name, min(seconds), seconds))
+    cases = [Case(*case) for case in cases]
+    for epoch in tqdm(range(args.epochs), desc="rounds (one epoch of every case)", unit="round"):
+        for case in cases:
+            case.epoch(epoch)
     print(f"\ncores available: {available_cores()}, torch threads: {torch.get_num_threads()}, "
           f"{args.iters} iterations of batch {real.data.batch_size} at {real.data.height}x{real.data.width}, "
           f"{args.images} source + {args.images} target training images at {HEIGHT}x{WIDTH}")
-    print(f"decoded cache: {build_images} images decoded in {build_s:.1f} s, {build_bytes / 2**20:.1f} MiB on disk\n")
-    references = [next((r[1] for r in rows if r[0] == f"synthetic, decoded {how}"), None)
-                  for how in ("every draw", "once")]
-    print("| case | epoch s (fastest) | every epoch s | / synthetic, decoded every draw | / synthetic, decoded once |")
-    print("|---|---|---|---|---|")
-    for name, best, seconds in rows:
-        ratios = " | ".join(f"{best / ref:.2f}x" if ref else "-" for ref in references)
-        print(f"| {name} | {best:.2f} | {', '.join(f'{s:.2f}' for s in seconds)} | {ratios} |")
+    print(f"decoded cache: {build_images} images decoded in {build_s:.1f} s, {build_bytes / 2**20:.1f} MiB on disk")
+    if args.epochs:
+        epoch_table(cases)
+    if args.draws:
+        one_thread_costs(cases, args.draws, args.iters)
     return 0
 
 

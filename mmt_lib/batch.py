@@ -6,6 +6,12 @@ the Table 2 variants on duke2market and market2duke, x seeds, with the Stage I r
 and one pseudo-label-noise notebook per task and seed. Each run executes one notebook with
 papermill into ``runs/<profile>/<task>/<variant>/seed<k>/``.
 
+Your own data: ``--data real --data-root DIR`` runs the named tasks on the real datasets under DIR
+(into ``runs/real/<profile>/`` on a profile of synthetic data, unless ``--runs-dir`` says otherwise);
+``--tasks SRC2TGT`` or ``--source SRC --target TGT`` runs any two datasets the parsers read, e.g. a
+folder of your own in the ``folder`` layout by its name (see ``task_specs``); a custom target's
+k-means needs ``--param 'overrides={"mmt": {"num_clusters": K}}'``.
+
 A run is done only when its ``metrics.json`` exists and carries the run's hash: the notebook's
 code cells, its parameters, the library version and the hashes of the runs it depends on
 (``run_state`` says which of done, stale, unfinished, todo or corrupt a run is; ``plan``, ``run``
@@ -138,6 +144,8 @@ def plan(
     seeds = seeds or [1]
     spec = PROFILES[profile]
     specs = task_specs(tasks or list(TASKS), data or spec["data_kind"], data_root or "data")
+    if data == spec["data_kind"]:
+        data = None  # the profile's own data: the same runs, the same hashes, as without --data
     reading = {name: value for name, value in (("data", data), ("data_root", data_root)) if value is not None}
     base = Path(runs_dir) / profile
     runs: list[Run] = []

@@ -3,7 +3,8 @@
 A *profile* picks model size and schedule (``smoke`` for tests, ``synthetic`` for CPU experiments,
 ``paper`` for the published GPU schedule). The data are chosen separately: ``data="synthetic"``
 maps each task to the embedded synthetic domains, ``data="real"`` to the real datasets under
-``data_root``; ``source``/``target`` name any two datasets for a custom task.
+``data_root``; ``source``/``target`` name any two datasets for a custom task. k-means' K follows
+the target (``default_num_clusters``); a custom target's must be set (``mmt.num_clusters``).
 
 Baseline and every ablation are *settings* of the one Stage II trainer (see ``VARIANTS``).
 """
@@ -50,6 +51,9 @@ class DataConfig:
     num_instances: int = 4
     test_batch_size: int = 128
     num_workers: int = 0
+    """Loader worker processes. A setting, not picked from the machine, because another count draws other
+    augmentations (``data.loaders``); 0 on the CPU profiles, where it was measured fastest with decoded
+    images (benchmarks/README.md), 4 on the paper's GPU profile."""
     bn_group_size: int | None = None
     """Images each BatchNorm normalises over. ``None``: the whole global batch, as one process does,
     whatever the device count. Under ``torchrun`` a smaller group is one process's share of the batch,
@@ -234,6 +238,7 @@ PAPER_NUM_CLUSTERS = {"market": 500, "duke": 500, "msmt": 1500}
 
 _DOMAIN_OF = {name: domain for names in DOMAIN_DATASETS.values() for domain, name in names.items()}
 EXPLICIT_NUM_CLUSTERS = "mmt.num_clusters, set explicitly"
+"""Where a K came from that no rule gives: the overrides (or a K the rule would not have chosen)."""
 
 
 def default_num_clusters(profile: str, target: str, synthetic_size: str) -> tuple[int, str] | None:

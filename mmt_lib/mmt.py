@@ -124,6 +124,9 @@ def assign_pseudo_labels(
 ) -> tuple[np.ndarray, float | None]:
     """Step 2: hard pseudo labels (``-1`` = DBSCAN outlier). DBSCAN's eps is fixed at the first epoch."""
     if m.clustering == "kmeans":
+        if m.num_clusters > len(features):
+            raise ValueError(f"mmt.num_clusters ({m.num_clusters}) exceeds the {len(features)} target training "
+                             f"images: set it to about the number of identities among them")
         labels, _ = kmeans(features, m.num_clusters, seed=seed)
         return np.asarray(labels), None
     dist = jaccard_distance(features, k1=m.k1, k2=m.k2)
@@ -134,6 +137,22 @@ def assign_pseudo_labels(
         raise ValueError(f"DBSCAN put all {len(labels)} target images in no cluster (eps={eps:.4f}, "
                          f"min_samples={m.min_samples}): raise mmt.rho or lower mmt.min_samples")
     return labels, eps
+
+
+def check_enough_clusters(labels: np.ndarray, cfg: RunConfig, eps: float | None) -> None:
+    """Refuse pseudo labels with fewer clusters than a batch has identities, naming the clustering setting."""
+    found, needed = len(set(labels.tolist()) - {-1}), cfg.data.batch_size // cfg.data.num_instances
+    if found >= needed:
+        return
+    if cfg.mmt.clustering != "dbscan":
+        fix = "raise mmt.num_clusters"
+    elif (labels == -1).mean() > 0.5:
+        fix = f"most images are DBSCAN outliers (eps={eps:.4f}): raise mmt.rho or lower mmt.min_samples"
+    else:
+        fix = (f"DBSCAN (eps={eps:.4f}) joined the images into few clusters: lower mmt.rho, the share of all "
+               f"image pairs closer than eps (now {cfg.mmt.rho:g}; the paper's 1.6e-3 is for about 13k images)")
+    raise ValueError(f"the pseudo labels hold {found} clusters, fewer than the {needed} identities a batch needs "
+                     f"(data.batch_size / data.num_instances): {fix}")
 
 
 def init_classifiers(networks: Networks, features: torch.Tensor, labels: np.ndarray, device: torch.device) -> int:
@@ -260,6 +279,7 @@ def train_mmt(
         eps = history[-1]["dbscan_eps"] if history else None
         labels, record["dbscan_eps"] = distributed.on_main(
             assign_pseudo_labels, features, m, seed=pseudo_label_seed(cfg.seed, epoch), eps=eps)
+        check_enough_clusters(labels, cfg, record["dbscan_eps"])
         record["seconds_cluster"] = time.perf_counter() - tic
         record["pseudo_labels"] = pseudo_label_quality(labels, true_pids)
         if m.save_embeddings and distributed.is_main():

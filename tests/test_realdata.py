@@ -137,6 +137,19 @@ def test_an_explicit_k_wins_and_is_recorded_as_such():
     assert dbscan["num_clusters"] is None and "DBSCAN" in dbscan["num_clusters_from"]
 
 
+def test_too_few_clusters_name_the_setting_to_change():
+    dbscan = resolve(profile="smoke", variant="mmt-dbscan")  # a batch holds 16 / 4 = 4 identities
+    with pytest.raises(ValueError, match=r"2 clusters, fewer than the 4 .* lower mmt\.rho"):
+        mmt.check_enough_clusters(np.array([0, 0, 1, 1, -1]), dbscan, eps=0.5)
+    with pytest.raises(ValueError, match=r"outliers .* raise mmt\.rho or lower mmt\.min_samples"):
+        mmt.check_enough_clusters(np.array([0, 0, -1, -1, -1]), dbscan, eps=0.5)
+    with pytest.raises(ValueError, match=r"raise mmt\.num_clusters"):
+        mmt.check_enough_clusters(np.array([0, 1, 1]), resolve(profile="smoke"), eps=None)
+    mmt.check_enough_clusters(np.array([0, 1, 2, 3, -1]), dbscan, eps=0.5)
+    with pytest.raises(ValueError, match=r"mmt\.num_clusters \(500\) exceeds the 10 target training images"):
+        mmt.assign_pseudo_labels(torch.randn(10, 8), resolve(profile="paper").mmt, seed=0, eps=None)
+
+
 # ---------------------------------------------------------------- images decoded once
 
 
@@ -280,7 +293,7 @@ def test_smoke_batch_over_a_custom_folder_task(data_root, tmp_path, capfd):
     runs_dir = tmp_path / "runs"
     task = "market15012mycams"
     args = ["--profile", "smoke", "--data", "real", "--runs-dir", str(runs_dir)]
-    plan = ["--data-root", str(data_root), "--tasks", "market2mycams", "--only", f"{task}/direct/*",
+    plan = ["--data-root", str(data_root), "--tasks", "market2mycams", "--only", "data/tour/*", f"{task}/direct/*",
             f"{task}/mmt-kmeans/*", "--param", 'overrides={"mmt": {"num_clusters": 6}}', "device=cpu"]
     code = batch.main(["run", *args, *plan])
     assert code == 0
@@ -289,6 +302,8 @@ def test_smoke_batch_over_a_custom_folder_task(data_root, tmp_path, capfd):
     assert kmeans["task"] == task and kmeans["config"]["data"]["target"] == "mycams"
     assert kmeans["num_clusters"] == 6 and kmeans["num_clusters_from"] == EXPLICIT_NUM_CLUSTERS
     assert all(r["pseudo_labels"]["num_clusters"] <= 6 for r in kmeans["history"])
+    tour = json.loads((profile_dir / "data" / "tour" / "seed0" / "metrics.json").read_text())
+    assert [row["dataset"] for row in tour["datasets"]] == ["market1501", "mycams"]
     pretrained = json.loads((profile_dir / task / "pretrain" / "seed1" / "metrics.json").read_text())
     assert pretrained["config"]["data"]["source"] == "market1501"
     assert list((data_root / ".mmt-cache" / "decoded").glob("*32x16*.npy"))  # decoded once, at the input size
@@ -303,11 +318,13 @@ def test_smoke_batch_over_a_custom_folder_task(data_root, tmp_path, capfd):
 def test_loading_benchmark_runs_end_to_end(tmp_path):
     proc = subprocess.run(
         [sys.executable, "benchmarks/bench_data_loading.py", "--root", str(tmp_path), "--images", "80",
-         "--iters", "1", "--epochs", "1", "--workers", "0", "--skip-synthetic"],
+         "--iters", "1", "--epochs", "1", "--workers", "0", "--skip-synthetic", "--draws", "20"],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [line for line in proc.stdout.splitlines() if line.startswith("| real")]
-    assert [r.split("|")[1].strip() for r in rows] == ["real, decoded every draw", "real, decoded once, 0 workers"]
-    assert all(float(r.split("|")[2]) > 0 for r in rows)
-    assert "160 images decoded" in proc.stdout
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in proc.stdout.splitlines()
+            if line.startswith("| real")]
+    cases = ["real, decoded every draw", "real, decoded once, 0 workers"]
+    assert [r[0] for r in rows] == cases + cases  # whole epochs, then the one-thread split
+    assert all(float(r[1]) > 0 for r in rows)  # seconds per epoch, then microseconds per image
+    assert "160 images decoded" in proc.stdout and "Fastest with the cache on this machine: 0" in proc.stdout

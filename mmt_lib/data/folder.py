@@ -1,6 +1,7 @@
 """The `folder` layout: bring any re-ID data by renaming files, no code needed.
 
-Layout (the root given to `load_dataset("folder", root)` is this folder itself)::
+Layout (the root given to `load_dataset("folder", root)` is this folder itself; a folder under a data
+root is also found by its own name, `load_dataset("mycams", data_root)`, which labels it `mycams`)::
 
     <root>/train/<pid>_c<cam>[_<anything>].<ext>
     <root>/query/<pid>_c<cam>[_<anything>].<ext>
