@@ -77,7 +77,8 @@ def work(data_root: Path, out_dir: Path) -> dict[str, Any]:
                  "device": "cpu"}
     short = {**quiet, "pretrain": {"epochs": 1, "iters": 10, "warmup_epochs": 1, "eval_every": 1}}
     stage1 = _stage1_pair(synthetic, short, out_dir / "synthetic", results, "synthetic")
-    cfg = config.resolve("mmt", seed=1, overrides={**quiet, "mmt": {"epochs": 1, "iters": 10}}, **synthetic)
+    cfg = config.resolve("mmt", seed=1, overrides={**quiet, "mmt": {"epochs": 1, "iters": 10, "ema_window_share": 1.0}},
+                         **synthetic)
     results["synthetic stage II, 1 epoch"] = mmt.train_mmt(cfg, out_dir / "synthetic" / "mmt", stage1, resume=False)
     results["seconds_synthetic"] = time.perf_counter() - tic
     return results

@@ -49,6 +49,7 @@ from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_json_atomic
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, DOMAIN_DATASETS, MAIN_VARIANTS, PROFILES, TASKS
 from mmt_lib.paths import PROJECT_ROOT, project_path
 from mmt_lib.progress import tqdm
+from mmt_lib.studies import STUDIES
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 RUN_RECORD = "run.json"
@@ -174,6 +175,41 @@ def plan(
             add("03_pseudo_label_noise", task, "noise", k,
                 {"task": task, "run_dirs": {name: str(base / rid) for name, rid in compare.items()}},
                 list(compare.values()), group)
+    return runs
+
+
+def study_plan(profile: str, runs_dir: str | Path, name: str, seeds: list[int] | None = None) -> list[Run]:
+    """A named study's grid (``mmt_lib.studies``): per seed, a Stage I pair and direct transfer for each
+    setting Stage I sees, then every variant at every combination of levels that makes a difference
+    to it. Run folders are ``<task>/<variant>.<level>.<level>/seed<k>`` under ``<runs_dir>/<profile>``."""
+    from mmt_lib.studies import get_study, stage_one_settings, stage_two_settings
+
+    study = get_study(name)
+    base = Path(runs_dir) / profile
+    runs: list[Run] = []
+
+    def add(notebook: str, label: str, seed: int, params: dict, upstream=(), group=""):
+        run = Run(notebook, study.task, label, seed,
+                  {"profile": profile, "seed": seed, "out_dir": str(base / study.task / label / f"seed{seed}"),
+                   "task": study.task, **params, "group": group}, tuple(upstream))
+        runs.append(run)
+        return run.run_id
+
+    for k in seeds or list(study.seeds):
+        group = f"{study.task}/seed{k}"
+        pairs = {}
+        for label, overrides in stage_one_settings(study):
+            pair = [add("01_pretrain", f"pretrain.{label}", s, {"overrides": overrides}, group=group)
+                    for s in (2 * k - 1, 2 * k)]
+            pairs[label] = pair
+            add("02_mmt", f"direct.{label}", k, {"variant": "direct", "overrides": overrides,
+                                                 "pretrained_dirs": [str(base / rid) for rid in pair]}, pair, group)
+        for variant in study.variants:
+            for label, stage_one, overrides in stage_two_settings(study, variant):
+                pair = pairs[stage_one]
+                add("02_mmt", f"{variant}.{label}", k, {"variant": variant, "overrides": overrides,
+                                                        "pretrained_dirs": [str(base / rid) for rid in pair]},
+                    pair, group)
     return runs
 
 
@@ -612,7 +648,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--data-root", default=None,
                        help="the folder holding the datasets (default: data); a relative path starts at the "
                             "project folder")
-        p.add_argument("--seeds", type=int, nargs="+", default=[1])
+        p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 1 (a study: its own seeds)")
+        p.add_argument("--study", default=None, choices=sorted(STUDIES),
+                       help="run a named study of the protocol instead of the grid (mmt_lib.studies), into "
+                            "runs/studies/<study> unless --runs-dir says otherwise")
         p.add_argument("--tasks", nargs="+", default=None,
                        help=f"{', '.join(sorted(TASKS))} (default: all four), or SRC2TGT of any two datasets")
         p.add_argument("--source", default=None, help="a custom task's source dataset (with --target)")
@@ -634,11 +673,22 @@ def main(argv: list[str] | None = None) -> int:
 
     params = _parse_params(args.param)
     data, data_root = args.data or params.get("data"), args.data_root or params.get("data_root")
-    runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
-    runs = with_parameters(select(plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root),
-                                  args.only, args.shard), params)
+    if args.study:
+        given = [flag for flag, value in (("--data", data), ("--data-root", data_root), ("--tasks", args.tasks),
+                                          ("--source", args.source), ("--param overrides", params.get("overrides")))
+                 if value]
+        if given:
+            raise SystemExit(f"--study {args.study} sets its own task and overrides per run; drop {', '.join(given)}")
+        runs_dir = args.runs_dir or f"runs/studies/{args.study}"
+        grid = study_plan(args.profile, runs_dir, args.study, args.seeds)
+    else:
+        runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
+        grid = plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root)
+    runs = with_parameters(select(grid, args.only, args.shard), params)
     check_parameters(runs)
     if args.command == "collect":
+        if args.study:
+            return _collect_study(args.study, project_path(runs_dir) / args.profile, runs)
         return _collect(args.profile, project_path(runs_dir), runs)
     check_configs(runs)
     if args.command == "plan":
@@ -695,6 +745,32 @@ def _collect(profile: str, runs_dir: Path, runs: list[Run]) -> int:
               f"{profile_dir / 'figures'}; tables and curves in {profile_dir / '04_results.ipynb'}")
     else:
         print(f"no done run of the plan has results: {profile_dir / 'results.csv'} is empty", file=sys.stderr)
+    planned = {project_path(r.parameters["out_dir"]) for r in runs}
+    outside = [p.parent for p in profile_dir.glob(f"*/*/seed*/{METRICS_FILE}") if p.parent not in planned]
+    if outside:
+        print(f"{len(outside)} run folder(s) under {profile_dir} are outside this plan and were left out "
+              "(give collect the --seeds, --tasks, --only and --param that run was given)", file=sys.stderr)
+    return _report_skipped(runs, states)
+
+
+def _collect_study(name: str, profile_dir: Path, runs: list[Run]) -> int:
+    """The study's table and figure from its done runs; the others are listed apart (exit 1)."""
+    from mmt_lib.results import collect_study
+
+    hashes = run_hashes(runs)
+    states = {r.run_id: run_state(r, hashes[r.run_id]) for r in runs}
+    table = collect_study(profile_dir, name, [r.run_id for r in runs if states[r.run_id] == "done"])
+    if len(table):
+        print((profile_dir / "study.md").read_text())
+        print(f"-> {profile_dir / 'study.csv'}, {profile_dir / 'figures' / 'study_mAP.png'}; the results notebook "
+              "(04_results) shows them too")
+    else:
+        print(f"no done run of study {name} has results yet", file=sys.stderr)
+    return _report_skipped(runs, states)
+
+
+def _report_skipped(runs: list[Run], states: dict[str, str]) -> int:
+    """Name the runs a table left out and why; 1 if there are any."""
     skipped = [r for r in runs if states[r.run_id] != "done"]
     for state, why in (("stale", "finished under an older hash (notebook, parameters, library or upstream "
                                  "changed): `batch run` redoes them"),
@@ -709,11 +785,6 @@ def _collect(profile: str, runs_dir: Path, runs: list[Run]) -> int:
                 read_metrics(project_path(r.parameters["out_dir"]) / METRICS_FILE)
             except ValueError as err:
                 print(f"not reported, corrupt: {err}", file=sys.stderr)
-    planned = {project_path(r.parameters["out_dir"]) for r in runs}
-    outside = [p.parent for p in profile_dir.glob(f"*/*/seed*/{METRICS_FILE}") if p.parent not in planned]
-    if outside:
-        print(f"{len(outside)} run folder(s) under {profile_dir} are outside this plan and were left out "
-              "(give collect the --seeds, --tasks, --only and --param that run was given)", file=sys.stderr)
     return 1 if skipped else 0
 
 

@@ -47,7 +47,7 @@ from mmt_lib.progress import tqdm
 from mmt_lib.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
 from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
 from mmt_lib.teachers import create_mean_teacher, update_mean_teacher
-from mmt_lib.trainer import CHECKPOINT, load_pretrained_network, run_epochs
+from mmt_lib.trainer import CHECKPOINT, evaluates_after, load_pretrained_network, run_epochs
 
 EMBEDDINGS = "embeddings"
 ORACLE_NOTE = "selected by target-test mAP, which uses target labels: not a valid unsupervised result"
@@ -234,7 +234,7 @@ def train_epoch(
         optimizer.step()
         step = epoch * m.iters + it
         for mean_net, student in zip(networks.means, networks.students):
-            update_mean_teacher(mean_net, student, step, max_alpha=m.ema_alpha)
+            update_mean_teacher(mean_net, student, step, max_alpha=m.max_alpha())
         for name, value in terms.items():
             totals[name] = totals.get(name, 0.0) + float(value.detach())
     return {f"loss_{name}": total / m.iters for name, total in distributed.mean_over_ranks(totals).items()}
@@ -299,9 +299,10 @@ def train_mmt(
         tic = time.perf_counter()
         record.update(train_epoch(networks, optimizer, loader, cfg, device, epoch))
         record["seconds_train"], tic = time.perf_counter() - tic, time.perf_counter()
-        for i, net in enumerate(networks.labelling_nets(), start=1):
-            record[f"net{i}"] = distributed.on_main(evaluate_model, net, target, cfg, device, f"evaluate net {i}")
-        record["seconds_eval"] = time.perf_counter() - tic
+        if evaluates_after(epoch, m.eval_every, m.epochs):
+            for i, net in enumerate(networks.labelling_nets(), start=1):
+                record[f"net{i}"] = distributed.on_main(evaluate_model, net, target, cfg, device, f"evaluate net {i}")
+            record["seconds_eval"] = time.perf_counter() - tic
         return record
 
     history = run_epochs(
@@ -326,6 +327,7 @@ def summarise(history: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
         "config_hash": cfg.config_hash(), "config": cfg.to_dict(),
         "selection": "label-free: last epoch, network 1",
         **cluster_count(cfg),
+        "mean_teacher_alpha_max": cfg.mmt.max_alpha() if cfg.mmt.mean_teacher else None,
         **final,
         "oracle": {"epoch": best[0], "network": best[1], **best[2], "note": ORACLE_NOTE},
         "history": history,

@@ -225,12 +225,22 @@ def _family(variant: str, references: Sequence[str]) -> str:
 
 
 @styled
+def empty_figure(message: str) -> Figure:
+    """A small figure that says in words why there is nothing to plot yet (a notebook shows it in place)."""
+    fig, axes = _new_figure(1, 1, figsize=(6.0, 1.2))
+    axes[0, 0].axis("off")
+    axes[0, 0].text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return finish(fig)
+
+
+@styled
 def plot_results(
     runs: pd.DataFrame,
     value: str = "mAP",
     paper: Mapping[tuple[str, str], float] | None = None,
     variants: Sequence[str] | None = None,
     references: Sequence[str] = ("direct", "baseline"),
+    title: str | None = None,
 ) -> Figure:
     """One panel per task: each variant's mean over seeds (bar) with its min–max over seeds (whisker).
 
@@ -303,7 +313,7 @@ def plot_results(
         handles.append(Line2D([], [], marker="D", color="black", linestyle="none",
                               label="paper (ResNet-50, real data)"))
     fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False)
-    fig.suptitle(f"Target-domain {label} per transfer task: mean over seeds, whiskers min–max")
+    fig.suptitle(title or f"Target-domain {label} per transfer task: mean over seeds, whiskers min–max")
     return finish(fig)
 
 

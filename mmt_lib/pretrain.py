@@ -28,7 +28,7 @@ from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.models import build_model, share_initial_backbone
 from mmt_lib.paths import project_path
 from mmt_lib.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
-from mmt_lib.trainer import run_epochs
+from mmt_lib.trainer import evaluates_after, run_epochs
 
 
 def learning_rate(p: PretrainConfig, epoch: int) -> float:
@@ -73,7 +73,7 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
         target_loader = _shuffled_loader(target_set, cfg, epoch, device) if p.target_bn_forward else None
         record = train_epoch(trained, optimizer, source_loader, target_loader, cfg, device, epoch)
         record["seconds_train"] = time.perf_counter() - tic
-        if (epoch + 1) % p.eval_every == 0 or epoch + 1 == p.epochs:
+        if evaluates_after(epoch, p.eval_every, p.epochs):
             tic = time.perf_counter()
             record["source"] = distributed.on_main(evaluate_model, model, source, cfg, device, "evaluate source")
             record["target"] = distributed.on_main(evaluate_model, model, target, cfg, device, "evaluate target")

@@ -19,8 +19,10 @@ from matplotlib.figure import Figure
 
 from mmt_lib.analysis import flat_history
 from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
-from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
-from mmt_lib.plots import plot_results, save_figure
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS, VARIANTS
+from mmt_lib.plot_style import metric_label, task_label, variant_label
+from mmt_lib.plots import empty_figure, plot_results, save_figure
+from mmt_lib.studies import get_study, levels_of
 
 METRIC_COLUMNS = ["mAP", "top1", "top5", "top10"]
 
@@ -179,3 +181,84 @@ def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.Dat
         for value in ("mAP", "top1"):
             save_figure(results_figure(runs, value), profile_dir / "figures" / f"results_{value}.png")
     return table
+
+
+# ---------------------------------------------------------------- named studies (mmt_lib.studies)
+
+
+def study_runs(profile_dir: str | Path, name: str, run_ids: list[str] | None = None) -> pd.DataFrame:
+    """One row per finished run of study ``name``: its variant, its level of each factor, seed and metrics.
+
+    ``run_ids`` as the batch driver names them (``<task>/<label>/seed<k>``; None: every run folder
+    with metrics). A level a run cannot tell apart (the mean teacher's window for the baseline,
+    Stage II's levels for direct transfer) is ``n/a``.
+    """
+    study = get_study(name)
+    factors = [f.name for f in study.factors]
+    if run_ids is None:
+        run_ids = sorted(p.parent.relative_to(profile_dir).as_posix()
+                         for p in Path(profile_dir).glob(f"{study.task}/*/seed*/{METRICS_FILE}"))
+    rows = []
+    for run_id in run_ids:
+        task, label, seed = run_id.split("/")
+        metrics = read_metrics(Path(profile_dir) / run_id / METRICS_FILE)
+        if "mAP" not in metrics or metrics.get("stage") not in ("mmt", "direct"):
+            continue  # Stage I runs report their own target mAP; the table is Stage II's
+        levels = levels_of(label, study)
+        if not VARIANTS[levels["variant"]].get("mean_teacher", True):
+            levels.update({f.name: "n/a" for f in study.factors if f.only_mean_teacher})
+        rows.append({**levels, "seed": int(seed.removeprefix("seed")),
+                     **{k: 100.0 * metrics[k] for k in METRIC_COLUMNS}})
+    return pd.DataFrame(rows, columns=["variant", *factors, "seed", *METRIC_COLUMNS])
+
+
+def study_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean, sample std and every seed's value (percent) per variant and levels, in the study's order."""
+    keys = [c for c in runs.columns if c not in ("seed", *METRIC_COLUMNS)]
+    grouped = runs.sort_values("seed").groupby(keys, sort=False)
+    table = grouped["mAP"].agg(["mean", "std", "count"]).add_prefix("mAP_")
+    table["top1_mean"] = grouped["top1"].mean()
+    table["mAP_per_seed"] = grouped["mAP"].agg(lambda v: ", ".join(f"{x:.1f}" for x in v))
+    table["seeds"] = grouped["seed"].agg(lambda v: ", ".join(str(x) for x in v))
+    return table.reset_index()
+
+
+def study_figure(runs: pd.DataFrame, name: str, value: str = "mAP") -> Figure:
+    """One panel per level of the study's first factor; a bar per variant and level of the others."""
+    study = get_study(name)
+    if runs.empty:
+        return empty_figure(f"no finished run of study {name} yet: python -m mmt_lib.batch run --study {name}")
+    first, *others = [f.name for f in study.factors]
+    panels = runs.assign(
+        task=runs[first].str.replace("-", " "),
+        variant=[", ".join([variant_label(v), *(str(r[o]).replace("-", " ") for o in others if r[o] != "n/a")])
+                 for v, (_, r) in zip(runs["variant"], runs.iterrows())],
+    )
+    return plot_results(panels[["task", "variant", "seed", value]], value=value,
+                        references=(variant_label("direct"), variant_label("baseline")),
+                        title=f"{name} on {task_label(study.task)}: {metric_label(value)}, mean over seeds, "
+                              "whiskers min–max")
+
+
+def collect_study(profile_dir: str | Path, name: str, run_ids: list[str]) -> pd.DataFrame:
+    """Write ``study.csv``, ``study_runs.csv``, ``study.md`` and ``figures/study_mAP.png``; return the table."""
+    profile_dir = Path(profile_dir)
+    runs = study_runs(profile_dir, name, run_ids)
+    table = study_table(runs)
+    for file, frame in (("study.csv", table), ("study_runs.csv", runs)):
+        write_text_atomic(profile_dir / file, frame.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(profile_dir / "study.md", f"# Study: {name}\n\n{get_study(name).description}.\n\n"
+                      "Target mAP and top-1 in percent, mean ± sample std over seeds, and each seed's mAP.\n\n"
+                      + study_markdown(table) + "\n")
+    if len(runs):
+        save_figure(study_figure(runs, name), profile_dir / "figures" / "study_mAP.png")
+    return table
+
+
+def study_markdown(table: pd.DataFrame) -> str:
+    """The study table in Markdown: ``mean ± std`` mAP, mean top-1, every seed's mAP."""
+    shown = table.drop(columns=["mAP_mean", "mAP_std", "mAP_count", "top1_mean"]).copy()
+    shown.insert(len(shown.columns) - 2, "mAP", [f"{m:.1f}" if np.isnan(s) else f"{m:.1f} ± {s:.1f}"
+                                                 for m, s in zip(table["mAP_mean"], table["mAP_std"])])
+    shown.insert(len(shown.columns) - 2, "top1", [f"{m:.1f}" for m in table["top1_mean"]])
+    return shown.to_markdown(index=False)

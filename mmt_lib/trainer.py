@@ -73,6 +73,11 @@ def run_epochs(
     return history
 
 
+def evaluates_after(epoch: int, every: int, epochs: int) -> bool:
+    """Whether epoch ``epoch`` (from 0) ends with an evaluation: every ``every`` epochs, and the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
 def load_pretrained_network(path: str | Path, arch: str | None = None) -> ReidNet:
     """A Stage I network from its checkpoint (``weights_only``), checking the architecture when given."""
     state = load_checkpoint(path)

@@ -77,8 +77,12 @@ def test_hash_changes_with_any_setting_and_only_then():
     ({"pretrain": {"milestones": [1.5]}}, r"pretrain\.milestones must be a list of integers, got \[1\.5\]"),
     ({"pretrain": {"eval_every": 0}}, r"pretrain\.eval_every must be an integer >= 1, got 0"),
     ({"mmt": {"num_clusters": 1}}, r"mmt\.num_clusters must be an integer >= 2 \(or None\), got 1"),
-    ({"mmt": {"ema_alpha": 1.0}}, r"mmt\.ema_alpha must be a number in \[0, 1\), got 1\.0"),
+    ({"mmt": {"ema_alpha": 1.0}}, r"mmt\.ema_alpha must be a number in \[0, 1\) \(or None\), got 1\.0"),
     ({"mmt": {"rho": 0}}, r"mmt\.rho must be a number in \(0, 1\), got 0"),
+    ({"mmt": {"ema_window_share": 0}}, r"mmt\.ema_window_share must be a number in \(0, 1\], got 0"),
+    ({"mmt": {"ema_window_share": 0.1}}, r"mmt\.ema_window_share \(0\.1\) of 2 x 3 Stage II iterations is a "
+                                         r"mean-teacher window shorter than one iteration"),
+    ({"mmt": {"eval_every": 0}}, r"mmt\.eval_every must be an integer >= 1, got 0"),
     ({"mmt": {"k2": 10}}, r"mmt\.k2 must be in \[1, mmt\.k1 \+ 1\] = \[1, 7\], got 10"),
     ({"mmt": {"label_smoothing": 1}}, r"mmt\.label_smoothing must be a number in \[0, 1\), got 1"),
     ({"data": {"bn_group_size": 0}}, r"data\.bn_group_size must be an integer >= 1 \(or None\), got 0"),
@@ -104,3 +108,13 @@ def test_values_of_the_right_kind_pass():
                                                        "pretrain": {"milestones": [1, 2], "warmup_epochs": 0},
                                                        "data": {"bn_group_size": 8}, "runtime": {"bf16": None}})
     assert (cfg.seed, cfg.mmt.lr, cfg.pretrain.milestones, cfg.data.bn_group_size) == (3, 1, [1, 2], 8)
+
+
+def test_the_mean_teachers_window_keeps_the_papers_share_of_stage_two():
+    paper = resolve(profile="paper")
+    assert paper.mmt.epochs * paper.mmt.iters == 16_000 and paper.mmt.max_alpha() == 0.999  # exactly the paper's
+    synthetic = resolve(profile="synthetic").mmt
+    assert synthetic.max_alpha() == 1 - 1 / (synthetic.epochs * synthetic.iters / 16)
+    assert resolve(profile="synthetic", overrides={"mmt": {"ema_alpha": 0.97}}).mmt.max_alpha() == 0.97  # wins
+    whole = resolve(profile="synthetic", overrides={"mmt": {"ema_window_share": 1.0}}).mmt
+    assert whole.max_alpha() == 1 - 1 / (whole.epochs * whole.iters)  # the ramp never reaches it: a plain average

@@ -80,6 +80,14 @@ def test_mmt_smoke_run_records_every_diagnostic(stage1, tmp_path):
     assert len(list((tmp_path / "mmt" / "embeddings").glob("epoch*.npz"))) == 2
 
 
+def test_stage2_evaluates_every_few_epochs_and_after_the_last(stage1, tmp_path):
+    data_root, checkpoints, _ = stage1
+    cfg = smoke_cfg("mmt", data_root, epochs=3, eval_every=2)
+    history = mmt.train_mmt(cfg, tmp_path / "mmt", tuple(checkpoints))["history"]
+    assert ["net1" in r for r in history] == [False, True, True]
+    assert ["seconds_eval" in r for r in history] == [False, True, True]
+
+
 @pytest.mark.parametrize("variant", [v for v in VARIANTS if v != "direct"])
 def test_each_variant_switches_exactly_its_terms(variant):
     cfg = resolve(profile="smoke", variant=variant)

@@ -1,0 +1,121 @@
+"""Named studies: small grids that each vary one or two parts of the protocol around MMT.
+
+A study is a task, a few variants and *factors*: each factor has named levels, and each level is
+a set of overrides. Every combination of levels is run for every variant it affects and every seed;
+the first level of each factor is the profile as it stands. The batch driver runs a study with
+``python -m mmt_lib.batch run --study NAME`` (``batch.study_plan``) and ``results.study_table``
+reads it back.
+
+``what-mmt-needs`` is the teaching point of the project: MMT's soft labels come from a peer that
+was pre-trained from the *same* start (the paper's ImageNet weights; here the formula-driven
+Stage 0 start) and from a temporal average over a window that is a small share of Stage II (the
+paper's 1,000 of 16,000 iterations). Taking either away is how a small-scale reproduction most
+easily loses the paper's result; the study shows what each costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+from mmt_lib.config import VARIANTS
+
+LEVEL_SEPARATOR = "."
+"""Joins a variant and its levels into a run folder name: ``mmt-kmeans.random-start.whole-run-window``."""
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One part of the protocol and its named settings; ``stage_one`` says whether Stage I sees it."""
+
+    name: str
+    levels: dict[str, dict[str, dict[str, Any]]]
+    stage_one: bool
+    only_mean_teacher: bool = False
+    """The level makes no difference to a variant without a mean teacher (the baseline), which then
+    runs at the first level only."""
+
+
+@dataclass(frozen=True)
+class Study:
+    task: str
+    variants: tuple[str, ...]
+    factors: tuple[Factor, ...]
+    seeds: tuple[int, ...] = (1, 2, 3)
+    description: str = ""
+
+
+STUDIES: dict[str, Study] = {
+    "what-mmt-needs": Study(
+        task="duke2market",
+        variants=("baseline", "mmt-kmeans"),
+        factors=(
+            Factor("start", {
+                "shared-start": {},
+                "random-start": {"model": {"pretrained": None}},
+            }, stage_one=True),
+            Factor("window", {
+                "paper-window": {},
+                "whole-run-window": {"mmt": {"ema_window_share": 1.0}},
+            }, stage_one=False, only_mean_teacher=True),
+        ),
+        description="both Stage I networks from the shared Stage 0 start or from one random draw "
+                    "(model.pretrained=None), x the mean teacher's window at the paper's share of Stage II "
+                    "(1/16) or as long as the whole run (mmt.ema_window_share=1)",
+    ),
+}
+
+
+def merge_overrides(*parts: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """One ``{"section": {"field": value}}`` from several; a later part wins a field both set."""
+    merged: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        for section, fields in part.items():
+            merged[section] = {**merged.get(section, {}), **fields}
+    return merged
+
+
+def get_study(name: str) -> Study:
+    if name not in STUDIES:
+        raise ValueError(f"unknown study {name!r}; known: {sorted(STUDIES)}")
+    return STUDIES[name]
+
+
+def stage_one_settings(study: Study) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """(label, overrides) of each Stage I setting: the combinations of the factors Stage I sees."""
+    return _combinations([f for f in study.factors if f.stage_one])
+
+
+def stage_two_settings(study: Study, variant: str) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:
+    """(label, Stage I label, overrides) of each Stage II run of ``variant``; levels a variant without
+    a mean teacher cannot tell apart run once, at the factor's first level."""
+    has_mean_teacher = VARIANTS[variant].get("mean_teacher", True)
+    factors = [f if has_mean_teacher or not f.only_mean_teacher else Factor(f.name, dict([next(iter(
+        f.levels.items()))]), f.stage_one) for f in study.factors]
+    settings = []
+    for label, overrides in _combinations(factors):
+        levels = label.split(LEVEL_SEPARATOR)
+        stage_one = LEVEL_SEPARATOR.join(level for level, f in zip(levels, factors) if f.stage_one)
+        settings.append((label, stage_one, overrides))
+    return settings
+
+
+def levels_of(run_label: str, study: Study) -> dict[str, str]:
+    """``{"variant": ..., factor: level}`` of a study's run folder name (``LEVEL_SEPARATOR``-joined).
+
+    Stage I runs and direct transfer name only the levels Stage I sees; the others are ``n/a``.
+    """
+    variant, *levels = run_label.split(LEVEL_SEPARATOR)
+    named = [f for f in study.factors if f.stage_one or variant not in ("pretrain", "direct")]
+    if len(levels) != len(named):
+        raise ValueError(f"run {run_label!r} names {len(levels)} levels; it should name those of "
+                         f"{[f.name for f in named]}")
+    given = dict(zip((f.name for f in named), levels))
+    return {"variant": variant, **{f.name: given.get(f.name, "n/a") for f in study.factors}}
+
+
+def _combinations(factors: list[Factor]) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    combos = itertools.product(*(f.levels.items() for f in factors))
+    return [(LEVEL_SEPARATOR.join(name for name, _ in combo), merge_overrides(*(o for _, o in combo)))
+            for combo in combos]

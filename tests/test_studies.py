@@ -1,0 +1,112 @@
+"""Named studies: the runs a study plans, the levels its folders name, and its table and figure."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from mmt_lib import batch, results
+from mmt_lib.studies import STUDIES, get_study, levels_of, merge_overrides, stage_two_settings
+
+NEEDS = "what-mmt-needs"
+
+
+def test_what_mmt_needs_plans_every_start_and_window_for_mmt_and_every_start_for_the_baseline(tmp_path):
+    runs = batch.study_plan("synthetic", tmp_path, NEEDS)
+    ids = {r.run_id for r in runs}
+    for k in (1, 2, 3):
+        for start in ("shared-start", "random-start"):
+            assert {f"duke2market/pretrain.{start}/seed{s}" for s in (2 * k - 1, 2 * k)} <= ids
+            assert f"duke2market/direct.{start}/seed{k}" in ids
+            assert f"duke2market/baseline.{start}.paper-window/seed{k}" in ids
+            for window in ("paper-window", "whole-run-window"):
+                assert f"duke2market/mmt-kmeans.{start}.{window}/seed{k}" in ids
+    assert len(runs) == 3 * (4 + 2 + 2 + 4)  # per seed: 2 Stage I pairs, 2 direct, 2 baselines, 4 MMT
+    assert not any("baseline" in i and "whole-run" in i for i in ids)  # no mean teacher: no window to vary
+
+
+def test_study_runs_carry_their_levels_overrides_and_their_own_stage_one_pair(tmp_path):
+    runs = {r.run_id: r for r in batch.study_plan("synthetic", tmp_path, NEEDS, seeds=[2])}
+    mmt = runs["duke2market/mmt-kmeans.random-start.whole-run-window/seed2"]
+    assert mmt.parameters["overrides"] == {"model": {"pretrained": None}, "mmt": {"ema_window_share": 1.0}}
+    assert mmt.parameters["variant"] == "mmt-kmeans"
+    assert mmt.upstream == ("duke2market/pretrain.random-start/seed3", "duke2market/pretrain.random-start/seed4")
+    assert mmt.parameters["pretrained_dirs"] == [str(tmp_path / "synthetic" / u) for u in mmt.upstream]
+    shared = runs["duke2market/pretrain.shared-start/seed3"]
+    assert shared.parameters["overrides"] == {} and shared.notebook == "01_pretrain"
+    batch.check_configs(list(runs.values()))  # every run's settings resolve
+
+
+def test_the_window_levels_set_the_mean_teachers_alpha_from_the_share():
+    from mmt_lib import config
+
+    by_label = {label: o for label, _, o in stage_two_settings(get_study(NEEDS), "mmt-kmeans")}
+    for label, share in (("shared-start.paper-window", 1 / 16), ("shared-start.whole-run-window", 1.0)):
+        cfg = config.resolve("mmt", profile="synthetic", task="duke2market", overrides=by_label[label])
+        total = cfg.mmt.epochs * cfg.mmt.iters
+        assert cfg.mmt.max_alpha() == pytest.approx(1 - 1 / (share * total))
+
+
+def test_levels_of_names_each_factor_and_marks_what_a_run_cannot_tell_apart():
+    study = get_study(NEEDS)
+    assert levels_of("mmt-kmeans.random-start.whole-run-window", study) == {
+        "variant": "mmt-kmeans", "start": "random-start", "window": "whole-run-window"}
+    assert levels_of("direct.shared-start", study) == {"variant": "direct", "start": "shared-start", "window": "n/a"}
+    with pytest.raises(ValueError, match="should name those of"):
+        levels_of("mmt-kmeans.random-start", study)
+
+
+def test_merge_overrides_merges_sections_and_a_later_part_wins():
+    assert merge_overrides({"mmt": {"a": 1, "b": 2}}, {"mmt": {"b": 3}, "model": {"c": 4}}) == {
+        "mmt": {"a": 1, "b": 3}, "model": {"c": 4}}
+
+
+def test_an_unknown_study_and_a_study_with_grid_options_are_refused(capsys):
+    with pytest.raises(ValueError, match="unknown study 'nope'; known: \\['what-mmt-needs'\\]"):
+        get_study("nope")
+    with pytest.raises(SystemExit, match="drop --tasks"):
+        batch.main(["plan", "--study", NEEDS, "--tasks", "market2duke"])
+    assert set(STUDIES) == {NEEDS}
+
+
+def _fake_run(profile_dir, run_id, mAP, top1):
+    folder = profile_dir / run_id
+    folder.mkdir(parents=True)
+    stage = "direct" if run_id.split("/")[1].startswith("direct") else "mmt"
+    (folder / "metrics.json").write_text(json.dumps({"stage": stage, "mAP": mAP, "top1": top1, "top5": 0.9,
+                                                     "top10": 0.95}))
+    return run_id
+
+
+def test_study_table_and_figure_from_finished_runs(tmp_path):
+    ids = [_fake_run(tmp_path, f"duke2market/{label}/seed{k}", mAP, 0.5)
+           for label, values in (("direct.shared-start", (0.30, 0.32)),
+                                 ("baseline.shared-start.paper-window", (0.50, 0.54)),
+                                 ("mmt-kmeans.shared-start.paper-window", (0.60, 0.64)),
+                                 ("mmt-kmeans.random-start.whole-run-window", (0.40, 0.41)))
+           for k, mAP in zip((1, 2), values)]
+    ids.append(_fake_run(tmp_path, "duke2market/pretrain.shared-start/seed1", 0.2, 0.3))  # Stage I: not in the table
+    table = results.collect_study(tmp_path, NEEDS, ids)
+    row = table[(table["variant"] == "mmt-kmeans") & (table["start"] == "shared-start")].iloc[0]
+    assert row["mAP_mean"] == pytest.approx(62.0) and row["mAP_per_seed"] == "60.0, 64.0" and row["seeds"] == "1, 2"
+    baseline = table[table["variant"] == "baseline"].iloc[0]
+    assert baseline["window"] == "n/a"  # the baseline has no mean teacher
+    assert "62.0 ± 2.8" in (tmp_path / "study.md").read_text()
+    assert len(pd.read_csv(tmp_path / "study_runs.csv")) == 8
+    assert (tmp_path / "figures" / "study_mAP.png").stat().st_size > 0
+
+
+@pytest.mark.notebook
+def test_a_smoke_study_runs_and_collects(tmp_path, capfd):
+    args = ["--study", NEEDS, "--profile", "smoke", "--seeds", "1", "--runs-dir", str(tmp_path)]
+    only = ["--only", "duke2market/pretrain.*/*", "duke2market/direct.*/*", "duke2market/*.paper-window/*"]
+    assert batch.main(["run", *args, *only, "--jobs", "2", "--param", "device=cpu"]) == 0
+    capfd.readouterr()
+    assert batch.main(["collect", *args, *only, "--param", "device=cpu"]) == 0
+    out = capfd.readouterr().out
+    assert "| mmt-kmeans | random-start | paper-window |" in out
+    table = pd.read_csv(tmp_path / "smoke" / "study.csv")
+    assert set(table["variant"]) == {"direct", "baseline", "mmt-kmeans"} and set(table["start"]) == {
+        "shared-start", "random-start"}
