@@ -74,7 +74,7 @@ def test_an_unknown_study_and_a_study_with_grid_options_are_refused(capsys):
 def _fake_run(profile_dir, run_id, mAP, top1):
     folder = profile_dir / run_id
     folder.mkdir(parents=True)
-    stage = "direct" if run_id.split("/")[1].startswith("direct") else "mmt"
+    stage = {"direct": "direct", "pretrain": "pretrain"}.get(run_id.split("/")[1].split(".")[0], "mmt")
     (folder / "metrics.json").write_text(json.dumps({"stage": stage, "mAP": mAP, "top1": top1, "top5": 0.9,
                                                      "top10": 0.95}))
     return run_id
