@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,14 @@ def test_throughput_benchmark_prints_speeds_and_loss_curves():
     for term in ("loss_hard_ce", "loss_hard_triplet", "loss_soft_ce", "loss_soft_triplet"):
         cells = table_row(out, term)[1:]
         assert all(float(c) == float(c) for c in cells[:5]), cells  # finite, not NaN
+
+
+def test_stage2_time_split_covers_every_step_and_adds_up(tmp_path):
+    out = run_script("benchmarks/stage2_time.py", "--profile", "smoke", "--repeats", "1", "--data-root", str(tmp_path))
+    rows = {step: table_row(out, step) for step in ("extract (both nets)", "cluster (kmeans)",
+                                                    "train (3 iterations)", "evaluate (both nets)")}
+    for cells in rows.values():
+        per_epoch, loading, epochs, per_run = float(cells[1]), float(cells[2]), int(cells[3]), float(cells[4])
+        assert 0 <= loading and per_epoch > 0 and epochs >= 1 and per_run == pytest.approx(per_epoch * epochs, abs=0.11)
+    total = float(table_row(out, "whole run (projected)")[4])
+    assert total == pytest.approx(sum(float(c[4]) for c in rows.values()), abs=0.3)
