@@ -6,10 +6,13 @@ synthetic batch of random images that already lies on the device, so data loadin
 Extraction is ``mmt_lib.evaluate.extract_features`` in eval mode. Settings compared:
 
 * reference: fp32, contiguous (NCHW) memory, plain Adam;
-* ours: bf16 autocast, channels_last, fused Adam, and torch.compile of the trained nets with ``--compile``.
+* ours: the library's defaults on this device (``runtime`` left at ``None``: bf16 autocast on CUDA and
+  on CPUs with native bf16, channels_last, fused Adam on CUDA; ``engine.uses_*``), and
+  torch.compile of the trained nets with ``--compile``.
 
     python benchmarks/train_throughput.py                # ResNet-50, 256x128, batch 64 (for a GPU)
     python benchmarks/train_throughput.py --tiny         # small net, 64x32, a few iterations: CPU smoke check
+    python benchmarks/train_throughput.py --arch cpu_small --curves 200   # the synthetic profile's net on a CPU
     python benchmarks/train_throughput.py --curves 200   # also each loss term of both settings, 200 iterations
 
 The projection is the paper's Stage II schedule: 40 epochs x 400 iterations, plus 40 extractions of
@@ -30,7 +33,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmt_lib.config import RunConfig, resolve  # noqa: E402
-from mmt_lib.engine import build_adam, prepare_model, resolve_device, uses_bf16  # noqa: E402
+from mmt_lib.engine import (  # noqa: E402
+    build_adam, prepare_model, resolve_device, uses_bf16, uses_channels_last, uses_fused_adam,
+)
 from mmt_lib.evaluate import extract_features  # noqa: E402
 from mmt_lib.mmt import Networks, train_epoch  # noqa: E402
 from mmt_lib.models import build_model  # noqa: E402
@@ -40,7 +45,7 @@ EPOCHS, ITERS = 40, 400
 TARGETS = {"Market-1501": 12_936, "DukeMTMC-reID": 16_522}
 SETTINGS = {
     "fp32 reference": {"bf16": False, "channels_last": False, "fused_adam": False, "compile": False},
-    "ours": {"bf16": True, "channels_last": True, "fused_adam": True, "compile": False},
+    "ours": {"bf16": None, "channels_last": None, "fused_adam": None, "compile": False},
 }
 
 
@@ -170,18 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true", help="small net at 64x32, a few iterations (CPU smoke check)")
     parser.add_argument("--compile", action="store_true", help="also torch.compile the trained nets in 'ours'")
+    parser.add_argument("--arch", default=None, help="backbone (default: resnet50 at 256x128; a cpu_* net at 64x32)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--iters", type=int, default=None, help="timed training iterations")
     parser.add_argument("--curves", type=int, default=0, metavar="N",
                         help="also compare the loss terms of both settings over N iterations, e.g. 200")
     args = parser.parse_args(argv)
     tiny = args.tiny
-    args.arch = "cpu_tiny" if tiny else "resnet50"
-    args.height, args.width = (64, 32) if tiny else (256, 128)
+    args.arch = args.arch or ("cpu_tiny" if tiny else "resnet50")
+    small = args.arch.startswith("cpu_")
+    args.height, args.width = (64, 32) if small else (256, 128)
     args.batch, args.test_batch, args.classes = 64, 128, 500
-    args.iters = args.iters or (2 if tiny else 30)
+    args.iters = args.iters or (2 if tiny else 10 if small else 30)
     args.warmup = 1 if tiny else 5
-    args.extract_batches = 2 if tiny else 30
+    args.extract_batches = 2 if tiny else 10 if small else 30
     device = resolve_device(args.device)
     settings = {name: dict(s) for name, s in SETTINGS.items()}
     settings["ours"]["compile"] = args.compile
@@ -191,9 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     for name, runtime in settings.items():
         results[name] = (train_throughput(args, runtime, device), extract_throughput(args, runtime, device))
     on = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    defaults = make_cfg(args, settings["ours"], 1).runtime
+    chosen = [name for name, on_here in (("bf16 autocast", uses_bf16(defaults, device)),
+                                         ("channels_last", uses_channels_last(defaults, device)),
+                                         ("fused Adam", uses_fused_adam(defaults, device)),
+                                         ("torch.compile", args.compile)) if on_here]
     print(f"{args.arch} at {args.height}x{args.width}, batch {args.batch} (extraction {args.test_batch}), "
-          f"{args.iters} timed iterations, on {on}; ours = bf16 autocast, channels_last, fused Adam"
-          f"{', torch.compile' if args.compile else ''}\n")
+          f"{args.iters} timed iterations, on {on} (torch threads: {torch.get_num_threads()}); "
+          f"ours = {', '.join(chosen) or 'fp32 as the reference'}\n")
     print(table(results, args.batch))
     if args.curves:
         ref, ours = (loss_curves(args, runtime, device) for runtime in settings.values())

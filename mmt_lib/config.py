@@ -153,7 +153,8 @@ class MMTConfig:
 
 @dataclass(frozen=True)
 class RuntimeConfig:
-    """How to run, not what to compute. ``None`` means: on for CUDA, off on the CPU (see ``engine``)."""
+    """How to run, not what to compute. ``None`` picks by device (``engine.uses_*``): bf16 on CUDA and
+    on CPUs with native bf16, channels_last everywhere, fused Adam on CUDA."""
 
     device: str = "auto"
     bf16: bool | None = None

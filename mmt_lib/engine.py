@@ -34,13 +34,28 @@ def show_progress(runtime: RuntimeConfig) -> bool:
     return runtime.progress and distributed.is_main()
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX) and ATen may use it.
+
+    Decided by capability, not by the CPU's name: on a CPU without it (AVX2) bf16 products are
+    emulated and slower than fp32. Reproducible mode pins ATen to AVX2 (``mmt_lib.reproducible``),
+    which turns it off there, so reproducible numbers stay the same on every CPU.
+    """
+    return (torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def uses_bf16(runtime: RuntimeConfig, device: torch.device) -> bool:
-    """bf16 autocast is on by default on CUDA and off on CPU, where it does not help."""
-    return device.type == "cuda" if runtime.bf16 is None else runtime.bf16
+    """bf16 autocast is on by default on CUDA and on CPUs with native bf16 (``native_cpu_bf16``)."""
+    if runtime.bf16 is not None:
+        return runtime.bf16
+    return device.type == "cuda" or (device.type == "cpu" and native_cpu_bf16())
 
 
 def uses_channels_last(runtime: RuntimeConfig, device: torch.device) -> bool:
-    return device.type == "cuda" if runtime.channels_last is None else runtime.channels_last
+    """channels_last is on by default: tensor cores want it on CUDA, and on the CPU oneDNN's NHWC
+    convolutions took a CPU Stage II iteration from 427 to 326 ms (benchmarks/README.md)."""
+    return True if runtime.channels_last is None else runtime.channels_last
 
 
 def autocast(runtime: RuntimeConfig, device: torch.device) -> contextlib.AbstractContextManager:
