@@ -28,13 +28,14 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -49,6 +50,9 @@ from mmt_lib.models import known_archs
 from mmt_lib.models.backbones import build_backbone
 from mmt_lib.paths import project_path
 from mmt_lib.progress import tqdm, trange
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 FAMILIES = ("fractal",)
 FORMAT_VERSION = 1
@@ -264,6 +268,18 @@ def make_images(cfg: Stage0Config, progress: bool = True) -> dict[str, np.ndarra
             "test_labels": labels[:, split:].reshape(-1)}
 
 
+def sample_figure(cfg: Stage0Config, classes: int = 6, per_class: int = 8) -> Figure:
+    """The first ``per_class`` training images of the first ``classes`` classes, one row per class."""
+    from mmt_lib.plots import image_grid
+
+    if not 1 <= classes <= cfg.classes or not 1 <= per_class <= cfg.images_per_class:
+        raise ValueError(f"sample_figure shows 1..{cfg.classes} classes of 1..{cfg.images_per_class} images, "
+                         f"got classes={classes}, per_class={per_class}")
+    images = [image for k in range(classes) for image in class_images(cfg, k)[:per_class]]
+    return image_grid(images, classes, per_class, row_labels=[f"class {k}" for k in range(classes)],
+                      max_cols=max(per_class, 1))
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -397,8 +413,10 @@ def ensure_start(cfg: Stage0Config, cache_root: str | Path, progress: bool = Tru
         if not path.is_file():
             state, report = train_start(cfg, progress)
             write_json_atomic(report_path(path), report)
+            buffer = io.BytesIO()  # a file's archive is named after the (random) temporary file; a buffer's is not
+            torch.save(state, buffer)
             with replacing(path) as tmp:
-                torch.save(state, tmp)
+                tmp.write_bytes(buffer.getvalue())
     return path
 
 
