@@ -3,16 +3,23 @@
 MMT's premise is that clustering the target features gives *noisy* hard labels. These functions
 measure that noise against the ground-truth identities (which training never sees) so a notebook
 can show it shrinking epoch by epoch, and project features to 2-D for the t-SNE / UMAP figures.
-Pure functions of arrays: nothing here knows a trainer.
+Pure functions of arrays, except ``feature_agreement``, which embeds images with two networks to say
+how close their feature spaces are (MMT averages them and shares centroids between them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.manifold import TSNE
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmt_lib.config import RunConfig
+    from mmt_lib.data import ReidDataset
 
 OUTLIER = -1
 """Pseudo label DBSCAN gives to images that belong to no cluster; they are left out of training."""
@@ -189,3 +196,24 @@ def flat_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 entry[key] = value
         flat.append(entry)
     return flat
+
+
+def mean_cosine(features_a: Any, features_b: Any) -> float:
+    """The mean cosine between row i of ``features_a`` and row i of ``features_b`` (two embeddings of the
+    same images): 1 when two networks map every image the same way, about 0 when unrelated."""
+    a, b = np.asarray(features_a, dtype=np.float64), np.asarray(features_b, dtype=np.float64)
+    if a.ndim != 2 or a.shape != b.shape or not len(a):
+        raise ValueError(f"features_a and features_b must be [N, D] arrays of the same images, got shapes "
+                         f"{a.shape} and {b.shape}")
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float((a * b).sum(1).mean())
+
+
+def feature_agreement(net_a: torch.nn.Module, net_b: torch.nn.Module, dataset: ReidDataset, cfg: RunConfig,
+                      device: torch.device) -> float:
+    """``mean_cosine`` of two networks' L2-normalised features of ``dataset``'s training images, embedded
+    as Stage II embeds the target (``mmt.embed_target``)."""
+    from mmt_lib.mmt import embed_target
+
+    return mean_cosine(*(embed_target([net], dataset, cfg, device).numpy() for net in (net_a, net_b)))

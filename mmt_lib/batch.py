@@ -282,6 +282,42 @@ def check_configs(runs: list[Run]) -> None:
                 raise ValueError(f"{run.run_id}: {err}") from None
 
 
+STAGE0_RUN = "stage0/start/seed0"
+_STAGE1_KEYS = ("profile", "task", "seed", "data", "data_root", "source", "target", "overrides")
+
+
+def with_stage0(runs: list[Run], extra: dict[str, Any] | None = None) -> list[Run]:
+    """Put the Stage 0 notebook first when the Stage I runs start from ``model.pretrained="stage0"``
+    (the profile's setting, or ``overrides`` among the ``--param`` values ``extra``), as their upstream:
+    the start is built once, shown with its images and training curve, and every Stage I run then finds
+    it in the cache. A plan whose Stage I runs start otherwise is returned unchanged."""
+    given = {k: v for k, v in (extra or {}).items() if k in _STAGE1_KEYS}
+    resolved = {}
+    for r in runs:
+        if r.notebook == "01_pretrain":
+            try:
+                resolved[r.run_id] = config.resolve(stage="pretrain", **{
+                    k: v for k, v in {**r.parameters, **given}.items() if k in _STAGE1_KEYS})
+            except ValueError as err:
+                raise ValueError(f"{r.run_id}: {err}") from None
+    users = {rid for rid, cfg in resolved.items() if cfg.model.pretrained == config.STAGE0}
+    if not users:
+        return runs
+    from mmt_lib.stage0 import stage0_config
+
+    starts: dict[Any, str] = {}
+    for rid in sorted(users):
+        starts.setdefault(stage0_config(resolved[rid]), rid)
+    if len(starts) > 1:
+        raise ValueError(f"the Stage I runs of one plan must share one Stage 0 start, got {len(starts)}: "
+                         + "; ".join(f"{rid}: {start}" for start, rid in starts.items()))
+    first = next(r.parameters for r in runs if r.run_id in users)
+    params = {"profile": first["profile"], "out_dir": str(Path(first["out_dir"]).parents[2] / STAGE0_RUN),
+              **({"data_root": first["data_root"]} if "data_root" in first else {}), "group": "stage0"}
+    step = Run("00_stage0", "stage0", "start", 0, params)
+    return [step] + [replace(r, upstream=(STAGE0_RUN, *r.upstream)) if r.run_id in users else r for r in runs]
+
+
 def with_parameters(runs: list[Run], extra: dict[str, Any]) -> list[Run]:
     """Give each ``--param`` to every notebook that declares it; a name no notebook declares is refused."""
     declared = {nb: notebook_parameters(nb) for nb in {r.notebook for r in runs}}
@@ -684,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
         grid = plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root)
-    runs = with_parameters(select(grid, args.only, args.shard), params)
+    runs = with_parameters(with_stage0(select(grid, args.only, args.shard), params), params)
     check_parameters(runs)
     if args.command == "collect":
         if args.study:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmt_lib import __version__
+from mmt_lib.paths import project_path
 
 TASKS: dict[str, tuple[str, str]] = {
     "market2duke": ("market", "duke"),
@@ -60,9 +61,16 @@ class DataConfig:
     or SyncBatchNorm over a few processes (e.g. 16 with batch 64 on 4 GPUs matches the reference)."""
 
 
+STAGE0 = "stage0"
+"""``model.pretrained`` value meaning: the Stage 0 start (``mmt_lib.stage0``) for the run's arch and input size."""
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    """``backbone_seed``: without ``pretrained`` weights, every network's backbone starts from the
+    """``pretrained``: a local ImageNet weights file for the backbone, or ``STAGE0`` for the
+    formula-driven start that stands in for ImageNet (``mmt_lib.stage0``, seeded by ``backbone_seed``).
+
+    ``backbone_seed``: without ``pretrained`` weights, every network's backbone starts from the
     random weights this seed draws, so that the two Stage I networks still share their starting
     point as the paper's share ImageNet's (the run's own seed draws the classifier, sampling and
     augmentation). 1 keeps the seed-1 network exactly what it was before the weights were shared."""
@@ -221,6 +229,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "mmt": {"epochs": 2, "iters": 3, "k1": 6, "k2": 3, "rho": 0.1, "min_samples": 2, "save_embeddings": True,
                 "ema_window_share": 1.0},  # 6 iterations hold no window of 1/16: the mean nets average them all
         "synthetic_num_clusters": 8,
+        "stage0": {"classes": 8, "images_per_class": 16, "epochs": 1, "batch_size": 16},
         "data_kind": "synthetic",
     },
     "synthetic": {
@@ -228,6 +237,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "model": {"arch": "cpu_small"},
         "pretrain": {"epochs": 30, "iters": 40, "lr": 3e-3, "warmup_epochs": 2, "milestones": (21,), "eval_every": 15},
         "mmt": {"epochs": 6, "iters": 30, "lr": 3e-3, "save_embeddings": True},
+        "stage0": {},
         "data_kind": "synthetic",
     },
     "paper": {
@@ -242,7 +252,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 K is not a profile setting: it follows the target (``default_num_clusters``), except that
 ``synthetic_num_clusters`` fixes it on the synthetic domains of a profile that says so (the smoke
-profile's tiny domains, for fast tests). The synthetic profile trains a small network from
+profile's tiny domains, for fast tests). ``stage0`` sizes the Stage 0 start of ``model.pretrained="stage0"``
+(``mmt_lib.stage0.Stage0Config``; nothing named: its defaults). The synthetic profile trains a small network from
 scratch (no ImageNet weights), so its learning rate is larger than the paper's; Stage II keeps the
 paper's rule of using Stage I's base rate.
 """
@@ -483,6 +494,10 @@ def _check_names(cfg: RunConfig) -> None:
         raise ValueError(f"mmt.soft_teacher must be one of {SOFT_TEACHERS}, got {cfg.mmt.soft_teacher!r}")
     if cfg.mmt.clustering not in CLUSTERINGS:
         raise ValueError(f"mmt.clustering must be one of {CLUSTERINGS}, got {cfg.mmt.clustering!r}")
+    chosen = cfg.model.pretrained
+    if chosen is not None and chosen != STAGE0 and not project_path(chosen).is_file():
+        raise ValueError(f"model.pretrained must be {STAGE0!r} (the formula-driven start) or an existing weights "
+                         f"file, got {chosen!r}: no such file ({project_path(chosen)})")
 
 
 def validate(cfg: RunConfig) -> None:

@@ -1,7 +1,8 @@
 """Stage I: supervised pre-training on the labelled source domain (the paper's Section 3.1; docs/method.md).
 
 Run twice, with seeds 1 and 2, to get the two networks that MMT trains together; both backbones
-start from the same weights (ImageNet's, or without them the random draw of ``model.backbone_seed``).
+start from the same weights (ImageNet's, the formula-driven Stage 0 start of ``mmt_lib.stage0``, or
+without either the random draw of ``model.backbone_seed``).
 Each iteration also forwards a target batch without a loss, so BatchNorm running statistics absorb
 the target domain.
 """
@@ -22,12 +23,13 @@ from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader
 from mmt_lib.data.transforms import build_train_transform
 from mmt_lib.engine import (
     autocast, build_adam, check_finite, decoded_images, evaluate_model, load_task_datasets, prepare_model,
-    resolve_device, training_module,
+    resolve_device, show_progress, training_module,
 )
 from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.models import build_model, share_initial_backbone
 from mmt_lib.paths import project_path
 from mmt_lib.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
+from mmt_lib.stage0 import resolve_pretrained
 from mmt_lib.trainer import evaluates_after, run_epochs
 
 
@@ -51,9 +53,11 @@ def pretrain(cfg: RunConfig, out_dir: str | Path, resume: bool = True) -> dict[s
     p = cfg.pretrain
     device = distributed.init(resolve_device(cfg.runtime.device))
     source, target = load_task_datasets(cfg.data)
+    with distributed.main_first():  # one process builds a Stage 0 start, the others then read it
+        start = resolve_pretrained(cfg, show_progress(cfg.runtime))
     seed_everything(cfg.seed)
-    net = build_model(cfg.model.arch, source.num_train_pids, cfg.model.pretrained, cfg.model.dropout)
-    if cfg.model.pretrained is None:
+    net = build_model(cfg.model.arch, source.num_train_pids, start, cfg.model.dropout)
+    if start is None:
         share_initial_backbone(net, cfg.model.arch, cfg.model.backbone_seed)
     model = prepare_model(net, cfg.runtime, device, cfg.data)
     optimizer = build_adam(model.parameters(), p.lr, p.weight_decay, cfg.runtime, device)

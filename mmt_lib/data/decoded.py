@@ -43,12 +43,14 @@ FORMAT_VERSION = 1
 """Bump when what a row holds changes (decoder, resize): older files then no longer match any name."""
 
 
-def cache_dir(data_root: str | Path) -> Path | None:
-    """The folder for decoded images of datasets under ``data_root``; ``None`` when ``MMT_CACHE_DIR=off``."""
+def cache_dir(data_root: str | Path, kind: str = "decoded") -> Path | None:
+    """The folder for cached files of one ``kind`` (decoded images, Stage 0 starts) made from data under
+    ``data_root``: ``<data_root>/.mmt-cache/<kind>``, or ``MMT_CACHE_DIR`` itself when set (file names
+    of different kinds never collide); ``None`` when ``MMT_CACHE_DIR=off``."""
     chosen = os.environ.get(CACHE_ENV)
     if chosen == CACHE_OFF:
         return None
-    return Path(chosen).expanduser() if chosen else Path(data_root) / ".mmt-cache" / "decoded"
+    return Path(chosen).expanduser() if chosen else Path(data_root) / ".mmt-cache" / kind
 
 
 def load_image(path: str | Path) -> Image.Image:
@@ -123,7 +125,7 @@ def decode_once(
     group, name = cache_name(paths, height, width)
     file = folder / name
     if not file.exists():
-        with _locked(folder / f".{group}.lock"):
+        with locked(folder / f".{group}.lock"):
             if not file.exists():
                 _build(file, paths, height, width, progress, threads)
                 for stale in folder.glob(f"{group}-*.npy"):
@@ -178,7 +180,7 @@ def available_cores() -> int:
 
 
 @contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def locked(path: Path) -> Iterator[None]:
     """An exclusive lock on ``path`` (created if needed) while the block runs."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
