@@ -25,6 +25,11 @@ LEVEL_SEPARATOR = "."
 """Joins a variant and its levels into a run folder name: ``mmt-kmeans.random-start.whole-run-window``."""
 
 
+FROM_SCRATCH = {"model": {"pretrained": None}, "pretrain": {"lr": 3e-3}, "mmt": {"lr": 3e-3}}
+"""Both Stage I networks from one random draw (``model.backbone_seed``), at the learning rate that was
+chosen for a network without any start (both stages; the paper's 3.5e-4 is for fine-tuning one)."""
+
+
 @dataclass(frozen=True)
 class Factor:
     """One part of the protocol and its named settings; ``stage_one`` says whether Stage I sees it."""
@@ -53,16 +58,16 @@ STUDIES: dict[str, Study] = {
         factors=(
             Factor("start", {
                 "shared-start": {},
-                "random-start": {"model": {"pretrained": None}},
+                "random-start": FROM_SCRATCH,
             }, stage_one=True),
             Factor("window", {
                 "paper-window": {},
                 "whole-run-window": {"mmt": {"ema_window_share": 1.0}},
             }, stage_one=False, only_mean_teacher=True),
         ),
-        description="both Stage I networks from the shared Stage 0 start or from one random draw "
-                    "(model.pretrained=None), x the mean teacher's window at the paper's share of Stage II "
-                    "(1/16) or as long as the whole run (mmt.ema_window_share=1)",
+        description="both Stage I networks from the shared Stage 0 start, or from one random draw trained at "
+                    "the from-scratch learning rate 3e-3 (model.pretrained=None), x the mean teacher's window "
+                    "at the paper's share of Stage II (1/16) or as long as the whole run (mmt.ema_window_share=1)",
     ),
 }
 

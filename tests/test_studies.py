@@ -30,7 +30,8 @@ def test_what_mmt_needs_plans_every_start_and_window_for_mmt_and_every_start_for
 def test_study_runs_carry_their_levels_overrides_and_their_own_stage_one_pair(tmp_path):
     runs = {r.run_id: r for r in batch.study_plan("synthetic", tmp_path, NEEDS, seeds=[2])}
     mmt = runs["duke2market/mmt-kmeans.random-start.whole-run-window/seed2"]
-    assert mmt.parameters["overrides"] == {"model": {"pretrained": None}, "mmt": {"ema_window_share": 1.0}}
+    assert mmt.parameters["overrides"] == {"model": {"pretrained": None}, "pretrain": {"lr": 3e-3},
+                                           "mmt": {"lr": 3e-3, "ema_window_share": 1.0}}
     assert mmt.parameters["variant"] == "mmt-kmeans"
     assert mmt.upstream == ("duke2market/pretrain.random-start/seed3", "duke2market/pretrain.random-start/seed4")
     assert mmt.parameters["pretrained_dirs"] == [str(tmp_path / "synthetic" / u) for u in mmt.upstream]
