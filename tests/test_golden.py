@@ -1,6 +1,6 @@
 """Golden values: under reproducible mode the same commit and seed give these metrics, bit for bit, on any x86-64 CPU.
 
-The work is ``benchmarks/cpu_determinism.work``: the smoke profile's Stage I pair and Stage II
+The work is ``benchmarks/cpu_determinism.work``: the smoke profile's Stage 0 start, Stage I pair and Stage II
 (k-means and DBSCAN), and the synthetic profile's first task with a short Stage I pair and one
 Stage II epoch. It runs in a fresh process with ``mmt_lib.reproducible.PINNED_ENV`` set, as the
 batch driver runs every notebook. After a change that is meant to change the numbers, rewrite the
