@@ -60,17 +60,17 @@ spectrum (Baradad et al., NeurIPS 2021), the other formula-driven family tried f
 FORMAT_VERSION = 1
 """Bump when what a file holds for a given config changes (renderer, training): older files then no longer match."""
 FILLING_RATE = 0.2
-"""FractalDB keeps an IFS only if its points cover at least this share of the image (Section 3.1 of the paper)."""
+"""FractalDB's filling-rate filter: an IFS is kept only if its points cover at least this share of the image."""
 FILL_GRID = 64
 """The square grid, in pixels, on which the filling rate is measured: one size, so one IFS passes or fails
 whatever size its images are rendered at."""
 POINTS_PER_PIXEL = 2
 """Chaos-game points per image pixel: enough that the attractor shows as shapes rather than scattered dots
-at the small CPU sizes (FractalDB draws 100k points on its 362 x 362 images)."""
+at the small CPU sizes."""
 BURN_IN = 20
 """Chaos-game points dropped before drawing: the walk needs a few steps to reach the attractor."""
 JITTER = (0.8, 1.2)
-"""FractalDB's weight jitter: one map's parameters of an instance multiplied by a weight in this range."""
+"""FractalDB's intra-class weighting: one map's parameters of an instance multiplied by a weight in this range."""
 OUTLIER_SHARE = 0.005
 """Share of the points at each end of each axis left out of the box an image is scaled to."""
 CANDIDATES = 16
@@ -86,10 +86,10 @@ class Stage0Config:
     Defaults follow FractalDB's design, scaled to a 2-core CPU (about 5 minutes for ``cpu_small``):
 
     * ``family="fractal"``: FractalDB's images (``FAMILIES``);
-    * ``classes=100``: FractalDB-100, the paper's smaller database (FractalDB-1k has 1000 classes);
-    * ``images_per_class=100``: a tenth of FractalDB's 1000 instances per class, the scale of the whole
-      database that the CPU budget allows;
-    * ``epochs=4``: as many passes over those 10,000 images as fit in the budget on one thread;
+    * ``classes=100``, ``images_per_class=100``: a tenth of FractalDB-1k's 1000 classes and of its 1000
+      instances per class, the scale the CPU budget allows;
+    * ``epochs=4``: four passes over those 10,000 images, about 95 s of CPU time for ``cpu_small`` at
+      64 x 32 (rendering included), within the budget even on a shared machine;
     * ``batch_size=64``: the batch of the CPU profiles' re-ID training;
     * ``lr=1e-3``: Adam's default rate (Kingma & Ba), with Adam as in the rest of the library, decayed
       to zero by a cosine over the epochs so that the last weights are not mid-step;
