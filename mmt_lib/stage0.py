@@ -19,7 +19,7 @@ under ``<data root>/.mmt-cache/stage0`` (or ``$MMT_CACHE_DIR``, as the decoded i
 a hash of its config and the library version, with a JSON report (training curve, held-out accuracy)
 beside it.
 
-    python -m mmt_lib.stage0 --profile synthetic [--data-root DIR] [--seed N]
+    python -m mmt_lib.stage0 --profile synthetic [--data-root DIR] [--seed N] [--family spectrum]
 """
 
 from __future__ import annotations
@@ -54,21 +54,23 @@ from mmt_lib.progress import tqdm, trange
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-FAMILIES = ("fractal",)
+FAMILIES = ("fractal", "spectrum")
+"""``fractal``: FractalDB's iterated function systems; ``spectrum``: coloured noise of a class's amplitude
+spectrum (Baradad et al., NeurIPS 2021), the other formula-driven family tried for the same start."""
 FORMAT_VERSION = 1
 """Bump when what a file holds for a given config changes (renderer, training): older files then no longer match."""
 FILLING_RATE = 0.2
-"""FractalDB keeps an IFS only if its points cover at least this share of the image (Section 3.1 of the paper)."""
+"""FractalDB's filling-rate filter: an IFS is kept only if its points cover at least this share of the image."""
 FILL_GRID = 64
 """The square grid, in pixels, on which the filling rate is measured: one size, so one IFS passes or fails
 whatever size its images are rendered at."""
 POINTS_PER_PIXEL = 2
 """Chaos-game points per image pixel: enough that the attractor shows as shapes rather than scattered dots
-at the small CPU sizes (FractalDB draws 100k points on its 362 x 362 images)."""
+at the small CPU sizes."""
 BURN_IN = 20
 """Chaos-game points dropped before drawing: the walk needs a few steps to reach the attractor."""
 JITTER = (0.8, 1.2)
-"""FractalDB's weight jitter: one map's parameters of an instance multiplied by a weight in this range."""
+"""FractalDB's intra-class weighting: one map's parameters of an instance multiplied by a weight in this range."""
 OUTLIER_SHARE = 0.005
 """Share of the points at each end of each axis left out of the box an image is scaled to."""
 CANDIDATES = 16
@@ -83,10 +85,11 @@ class Stage0Config:
 
     Defaults follow FractalDB's design, scaled to a 2-core CPU (about 5 minutes for ``cpu_small``):
 
-    * ``classes=100``: FractalDB-100, the paper's smaller database (FractalDB-1k has 1000 classes);
-    * ``images_per_class=100``: a tenth of FractalDB's 1000 instances per class, the scale of the whole
-      database that the CPU budget allows;
-    * ``epochs=4``: as many passes over those 10,000 images as fit in the budget on one thread;
+    * ``family="fractal"``: FractalDB's images (``FAMILIES``);
+    * ``classes=100``, ``images_per_class=100``: a tenth of FractalDB-1k's 1000 classes and of its 1000
+      instances per class, the scale the CPU budget allows;
+    * ``epochs=4``: four passes over those 10,000 images, about 95 s of CPU time for ``cpu_small`` at
+      64 x 32 (rendering included), within the budget even on a shared machine;
     * ``batch_size=64``: the batch of the CPU profiles' re-ID training;
     * ``lr=1e-3``: Adam's default rate (Kingma & Ba), with Adam as in the rest of the library, decayed
       to zero by a cosine over the epochs so that the last weights are not mid-step;
@@ -248,9 +251,40 @@ def class_images(cfg: Stage0Config, k: int) -> np.ndarray:
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < cfg.classes:
         raise ValueError(f"class index must be in [0, {cfg.classes}), got {k!r}")
     rng = np.random.default_rng([cfg.seed, int(k)])
-    ifs = sample_ifs(rng)
     count = cfg.images_per_class + HELD_OUT_PER_CLASS
+    if cfg.family == "spectrum":
+        spectrum = sample_spectrum(rng)
+        return np.stack([render_spectrum(spectrum, cfg.height, cfg.width, rng) for _ in range(count)])
+    ifs = sample_ifs(rng)
     return render_batch(np.stack([jitter(ifs, rng) for _ in range(count)]), cfg.height, cfg.width, rng)
+
+
+def sample_spectrum(rng: np.random.Generator) -> np.ndarray:
+    """A ``spectrum`` class (Baradad et al., NeurIPS 2021, "spectrum + colour" noise, made a class):
+    the amplitude spectrum's decay 1/|f|^alpha (alpha in [0.5, 3]), its anisotropy (x-frequencies scaled
+    by [1/3, 3]) and orientation, and a 3 x 3 colour mixing of three independent noise channels.
+
+    Returned as [alpha, anisotropy, angle, 9 mixing weights]."""
+    return np.concatenate([[rng.uniform(0.5, 3.0), np.exp(rng.uniform(np.log(1 / 3), np.log(3))),
+                            rng.uniform(0, np.pi)], rng.normal(size=9)])
+
+
+def render_spectrum(spectrum: np.ndarray, height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """An instance of a ``spectrum`` class: random phases under its amplitude spectrum, alpha multiplied
+    by a weight in ``JITTER`` (FractalDB's instance jitter, carried over), then colour-mixed; uint8 [H, W, 3]."""
+    alpha, anisotropy, angle = spectrum[:3]
+    alpha *= rng.uniform(*JITTER)
+    fy, fx = np.meshgrid(np.fft.fftfreq(height), np.fft.fftfreq(width), indexing="ij")
+    u, v = fx * np.cos(angle) + fy * np.sin(angle), -fx * np.sin(angle) + fy * np.cos(angle)
+    radius = np.maximum(np.hypot(u * anisotropy, v / anisotropy), 1.0 / max(height, width))
+    amplitude = radius ** -alpha
+    amplitude[0, 0] = 0.0
+    phases = np.exp(2j * np.pi * rng.random((3, height, width)))
+    channels = np.fft.ifft2(amplitude * phases).real
+    channels /= channels.std(axis=(1, 2), keepdims=True) + 1e-12
+    mixed = np.tensordot(spectrum[3:].reshape(3, 3), channels, axes=1)
+    mixed /= np.abs(mixed).max() + 1e-12
+    return np.round((0.5 + 0.5 * mixed).transpose(1, 2, 0) * 255).astype(np.uint8)
 
 
 def make_images(cfg: Stage0Config, progress: bool = True) -> dict[str, np.ndarray]:
@@ -437,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
     parser.add_argument("--data-root", default=None, help="the cache lives under it (default: the profile's data root)")
     parser.add_argument("--seed", type=int, default=None, help="the start's seed (default: model.backbone_seed)")
+    parser.add_argument("--family", default=None, choices=FAMILIES, help="the images (default: the profile's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     from mmt_lib.config import resolve
@@ -447,6 +482,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve(stage="pretrain", profile=args.profile, data_root=from_command_line(args.data_root),
                       overrides=overrides)
         s0 = stage0_config(cfg)
+        s0 = dataclasses.replace(s0, family=args.family) if args.family else s0
     except ValueError as err:
         parser.error(str(err))
     path = ensure_start(s0, cache_root(cfg.data.data_root), progress=not args.quiet)

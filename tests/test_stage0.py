@@ -72,6 +72,18 @@ def test_classes_render_differently_and_a_seed_renders_the_same():
     assert stage0.filling_rate(stage0._chaos_game(ifs[None], 4096, np.random.default_rng(0))[0]) >= stage0.FILLING_RATE
 
 
+def test_the_spectrum_family_renders_noise_of_its_class():
+    noise = dataclasses.replace(SMOKE, family="spectrum")
+    spectrum = stage0.sample_spectrum(np.random.default_rng(4))
+    first = stage0.render_spectrum(spectrum, 32, 16, np.random.default_rng(1))
+    assert first.shape == (32, 16, 3) and first.dtype == np.uint8 and first.std() > 0
+    assert np.array_equal(first, stage0.render_spectrum(spectrum, 32, 16, np.random.default_rng(1)))
+    a, b = stage0.class_images(noise, 0), stage0.class_images(noise, 1)
+    assert np.array_equal(a, stage0.class_images(noise, 0)) and not np.array_equal(a, b)
+    assert stage0.weights_path(noise, "x").name.startswith("stage0-spectrum-cpu_tiny-32x16-")
+    assert stage0.weights_path(noise, "x") != stage0.weights_path(SMOKE, "x")
+
+
 def test_two_stage1_runs_start_from_the_same_stage0_backbone(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     starts = []
