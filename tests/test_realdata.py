@@ -21,7 +21,7 @@ from PIL import Image
 from mmt_lib import batch, engine, mmt, reporting
 from mmt_lib.config import EXPLICIT_NUM_CLUSTERS, TASKS, num_clusters_origin, resolve
 from mmt_lib.data import decoded, load_dataset
-from mmt_lib.data.decoded import CACHE_ENV, DecodedImages, decode_once
+from mmt_lib.data.decoded import CACHE_ENV, decode_once
 from mmt_lib.data.loaders import ImageDataset, TwoViewDataset
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
 
