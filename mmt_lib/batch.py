@@ -268,22 +268,29 @@ def default_runs_dir(profile: str, data: str | None) -> str:
     return "runs" if data in (None, PROFILES[profile]["data_kind"]) else f"runs/{data}"
 
 
+_CONFIG_KEYS = ("profile", "task", "variant", "seed", "data", "data_root", "source", "target", "device", "overrides")
+_STAGES = {"01_pretrain": "pretrain", "02_mmt": "mmt"}
+
+
+def run_config(run: Run, extra: dict[str, Any] | None = None) -> config.RunConfig:
+    """The resolved configuration of a training run (notebook 01 or 02), with the ``--param`` values
+    ``extra`` it will receive; a setting the library refuses is named with the run."""
+    given = {**run.parameters, **(extra or {})}
+    try:
+        return config.resolve(stage=_STAGES[run.notebook], **{k: v for k, v in given.items() if k in _CONFIG_KEYS})
+    except ValueError as err:
+        raise ValueError(f"{run.run_id}: {err}") from None
+
+
 def check_configs(runs: list[Run]) -> None:
     """Resolve every training run's configuration before anything runs, so that a setting the library
     refuses (k-means on a custom target without ``mmt.num_clusters``, say) stops the batch at once."""
-    stages = {"01_pretrain": "pretrain", "02_mmt": "mmt"}
-    keys = ("profile", "task", "variant", "seed", "data", "data_root", "source", "target", "device", "overrides")
     for run in runs:
-        if run.notebook in stages:
-            try:
-                config.resolve(stage=stages[run.notebook],
-                               **{k: run.parameters[k] for k in keys if k in run.parameters})
-            except ValueError as err:
-                raise ValueError(f"{run.run_id}: {err}") from None
+        if run.notebook in _STAGES:
+            run_config(run)
 
 
 STAGE0_RUN = "stage0/start/seed0"
-_STAGE1_KEYS = ("profile", "task", "seed", "data", "data_root", "source", "target", "overrides")
 
 
 def with_stage0(runs: list[Run], extra: dict[str, Any] | None = None) -> list[Run]:
@@ -291,15 +298,7 @@ def with_stage0(runs: list[Run], extra: dict[str, Any] | None = None) -> list[Ru
     (the profile's setting, or ``overrides`` among the ``--param`` values ``extra``), as their upstream:
     the start is built once, shown with its images and training curve, and every Stage I run then finds
     it in the cache. A plan whose Stage I runs start otherwise is returned unchanged."""
-    given = {k: v for k, v in (extra or {}).items() if k in _STAGE1_KEYS}
-    resolved = {}
-    for r in runs:
-        if r.notebook == "01_pretrain":
-            try:
-                resolved[r.run_id] = config.resolve(stage="pretrain", **{
-                    k: v for k, v in {**r.parameters, **given}.items() if k in _STAGE1_KEYS})
-            except ValueError as err:
-                raise ValueError(f"{r.run_id}: {err}") from None
+    resolved = {r.run_id: run_config(r, extra) for r in runs if r.notebook == "01_pretrain"}
     users = {rid for rid, cfg in resolved.items() if cfg.model.pretrained == config.STAGE0}
     if not users:
         return runs
@@ -721,7 +720,6 @@ def main(argv: list[str] | None = None) -> int:
         runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
         grid = plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root)
     runs = with_parameters(with_stage0(select(grid, args.only, args.shard), params), params)
-    check_parameters(runs)
     if args.command == "collect":
         if args.study:
             return _collect_study(args.study, project_path(runs_dir) / args.profile, runs)

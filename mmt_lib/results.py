@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from mmt_lib.analysis import flat_history
 from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
-from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS, VARIANTS
+from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.plot_style import metric_label, task_label, variant_label
 from mmt_lib.plots import empty_figure, plot_results, save_figure
 from mmt_lib.studies import get_study, levels_of
@@ -68,11 +68,17 @@ def run_metrics(profile_dir: str | Path, run_ids: list[str] | None = None,
             warnings.warn(f"skipped: {err}", stacklevel=2)
 
 
+def is_table_row(metrics: dict) -> bool:
+    """Whether a run's metrics belong in the results tables: a finished Stage II run or direct
+    transfer. Stage I runs report their own target mAP, which is not a row of the paper's tables."""
+    return "mAP" in metrics and metrics.get("stage") in ("mmt", "direct")
+
+
 def load_runs(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
     """One row per finished run (task, variant, seed) under ``runs/<profile>/``: the named ones, or all."""
     rows = []
     for metrics in run_metrics(profile_dir, run_ids):
-        if "mAP" not in metrics or metrics.get("stage") not in ("mmt", "direct"):
+        if not is_table_row(metrics):
             continue
         row = {"task": metrics["task"], "variant": metrics["variant"], "seed": metrics["seed"]}
         row.update({k: 100.0 * metrics[k] for k in METRIC_COLUMNS})
@@ -202,12 +208,9 @@ def study_runs(profile_dir: str | Path, name: str, run_ids: list[str] | None = N
     for run_id in run_ids:
         task, label, seed = run_id.split("/")
         metrics = read_metrics(Path(profile_dir) / run_id / METRICS_FILE)
-        if "mAP" not in metrics or metrics.get("stage") not in ("mmt", "direct"):
-            continue  # Stage I runs report their own target mAP; the table is Stage II's
-        levels = levels_of(label, study)
-        if not VARIANTS[levels["variant"]].get("mean_teacher", True):
-            levels.update({f.name: "n/a" for f in study.factors if f.only_mean_teacher})
-        rows.append({**levels, "seed": int(seed.removeprefix("seed")),
+        if not is_table_row(metrics):
+            continue
+        rows.append({**levels_of(label, study), "seed": int(seed.removeprefix("seed")),
                      **{k: 100.0 * metrics[k] for k in METRIC_COLUMNS}})
     return pd.DataFrame(rows, columns=["variant", *factors, "seed", *METRIC_COLUMNS])
 

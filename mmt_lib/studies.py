@@ -94,25 +94,34 @@ def stage_one_settings(study: Study) -> list[tuple[str, dict[str, dict[str, Any]
 
 def stage_two_settings(study: Study, variant: str) -> list[tuple[str, str, dict[str, dict[str, Any]]]]:
     """(label, Stage I label, overrides) of each Stage II run of ``variant``; levels a variant without
-    a mean teacher cannot tell apart run once, at the factor's first level."""
-    has_mean_teacher = VARIANTS[variant].get("mean_teacher", True)
-    factors = [f if has_mean_teacher or not f.only_mean_teacher else Factor(f.name, dict([next(iter(
-        f.levels.items()))]), f.stage_one) for f in study.factors]
+    a mean teacher cannot tell apart run once, at the factor's first level, and its label omits them."""
+    named = factors_named(study, variant)
+    first_levels = [next(iter(f.levels.values())) for f in study.factors if f not in named]
     settings = []
-    for label, overrides in _combinations(factors):
+    for label, overrides in _combinations(named):
         levels = label.split(LEVEL_SEPARATOR)
-        stage_one = LEVEL_SEPARATOR.join(level for level, f in zip(levels, factors) if f.stage_one)
-        settings.append((label, stage_one, overrides))
+        stage_one = LEVEL_SEPARATOR.join(level for level, f in zip(levels, named) if f.stage_one)
+        settings.append((label, stage_one, merge_overrides(*first_levels, overrides)))
     return settings
+
+
+def factors_named(study: Study, variant: str) -> list[Factor]:
+    """The factors whose levels a run of ``variant`` names in its folder: Stage I's for Stage I runs
+    and direct transfer, all but the mean teacher's for a variant without one, otherwise all."""
+    if variant in ("pretrain", "direct"):
+        return [f for f in study.factors if f.stage_one]
+    if not VARIANTS[variant].get("mean_teacher", True):
+        return [f for f in study.factors if not f.only_mean_teacher]
+    return list(study.factors)
 
 
 def levels_of(run_label: str, study: Study) -> dict[str, str]:
     """``{"variant": ..., factor: level}`` of a study's run folder name (``LEVEL_SEPARATOR``-joined).
 
-    Stage I runs and direct transfer name only the levels Stage I sees; the others are ``n/a``.
+    A level the run cannot tell apart, and so does not name (``factors_named``), is ``n/a``.
     """
     variant, *levels = run_label.split(LEVEL_SEPARATOR)
-    named = [f for f in study.factors if f.stage_one or variant not in ("pretrain", "direct")]
+    named = factors_named(study, variant)
     if len(levels) != len(named):
         raise ValueError(f"run {run_label!r} names {len(levels)} levels; it should name those of "
                          f"{[f.name for f in named]}")

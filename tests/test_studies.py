@@ -20,7 +20,7 @@ def test_what_mmt_needs_plans_every_start_and_window_for_mmt_and_every_start_for
         for start in ("shared-start", "random-start"):
             assert {f"duke2market/pretrain.{start}/seed{s}" for s in (2 * k - 1, 2 * k)} <= ids
             assert f"duke2market/direct.{start}/seed{k}" in ids
-            assert f"duke2market/baseline.{start}.paper-window/seed{k}" in ids
+            assert f"duke2market/baseline.{start}/seed{k}" in ids
             for window in ("paper-window", "whole-run-window"):
                 assert f"duke2market/mmt-kmeans.{start}.{window}/seed{k}" in ids
     assert len(runs) == 3 * (4 + 2 + 2 + 4)  # per seed: 2 Stage I pairs, 2 direct, 2 baselines, 4 MMT
@@ -55,6 +55,8 @@ def test_levels_of_names_each_factor_and_marks_what_a_run_cannot_tell_apart():
     assert levels_of("mmt-kmeans.random-start.whole-run-window", study) == {
         "variant": "mmt-kmeans", "start": "random-start", "window": "whole-run-window"}
     assert levels_of("direct.shared-start", study) == {"variant": "direct", "start": "shared-start", "window": "n/a"}
+    assert levels_of("baseline.random-start", study) == {"variant": "baseline", "start": "random-start",
+                                                         "window": "n/a"}
     with pytest.raises(ValueError, match="should name those of"):
         levels_of("mmt-kmeans.random-start", study)
 
@@ -84,7 +86,7 @@ def _fake_run(profile_dir, run_id, mAP, top1):
 def test_study_table_and_figure_from_finished_runs(tmp_path):
     ids = [_fake_run(tmp_path, f"duke2market/{label}/seed{k}", mAP, 0.5)
            for label, values in (("direct.shared-start", (0.30, 0.32)),
-                                 ("baseline.shared-start.paper-window", (0.50, 0.54)),
+                                 ("baseline.shared-start", (0.50, 0.54)),
                                  ("mmt-kmeans.shared-start.paper-window", (0.60, 0.64)),
                                  ("mmt-kmeans.random-start.whole-run-window", (0.40, 0.41)))
            for k, mAP in zip((1, 2), values)]
@@ -102,7 +104,8 @@ def test_study_table_and_figure_from_finished_runs(tmp_path):
 @pytest.mark.notebook
 def test_a_smoke_study_runs_and_collects(tmp_path, capfd):
     args = ["--study", NEEDS, "--profile", "smoke", "--seeds", "1", "--runs-dir", str(tmp_path)]
-    only = ["--only", "duke2market/pretrain.*/*", "duke2market/direct.*/*", "duke2market/*.paper-window/*"]
+    only = ["--only", "duke2market/pretrain.*/*", "duke2market/direct.*/*", "duke2market/baseline.*/*",
+            "duke2market/*.paper-window/*"]
     assert batch.main(["run", *args, *only, "--jobs", "2", "--param", "device=cpu"]) == 0
     capfd.readouterr()
     assert batch.main(["collect", *args, *only, "--param", "device=cpu"]) == 0
