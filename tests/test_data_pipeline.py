@@ -160,6 +160,37 @@ def test_test_transform_is_deterministic_and_normalised():
     assert torch.allclose(gray.mean(dim=(1, 2)), expected, atol=1e-4)
 
 
+def torchvision_reference(h: int, w: int, train: bool, erasing_prob: float | None) -> T.Compose:
+    """The paper's transforms written with ``torchvision.transforms``, step by step: the specification."""
+    steps = [T.Resize((h, w), interpolation=T.InterpolationMode.BICUBIC)]
+    if train:
+        steps += [T.RandomHorizontalFlip(p=0.5), T.Pad(train_padding(h)), T.RandomCrop((h, w))]
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if erasing_prob is not None:
+        steps.append(T.RandomErasing(p=erasing_prob, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=ERASING_FILL))
+    return T.Compose(steps)
+
+
+@pytest.mark.parametrize("h, w, image_size", [(64, 32, (64, 32)), (64, 32, (100, 41)), (32, 16, (32, 16))])
+@pytest.mark.parametrize("kind", ["test", "train", "train+erasing"])
+def test_transforms_draw_and_compute_exactly_as_torchvision(h, w, image_size, kind):
+    """Same random draws in the same order and the same floats as the torchvision steps, so runs do
+    not depend on which of the two computed them."""
+    train, erasing = kind != "test", 0.5 if kind.endswith("erasing") else None
+    ours = (build_train_transform(h, w, random_erasing=erasing is not None) if train
+            else build_test_transform(h, w))
+    reference = torchvision_reference(h, w, train, erasing)
+    images = [pixel_image(*image_size, seed=k) for k in range(3)] + [pixel_image(*image_size).convert("L")]
+    for seed in range(8):
+        for image in images:
+            torch.manual_seed(seed)
+            expected, after_reference = reference(image.convert("RGB")), torch.rand(3)
+            torch.manual_seed(seed)
+            got, after_ours = ours(image), torch.rand(3)
+            assert torch.equal(got, expected)
+            assert torch.equal(after_ours, after_reference), "the same number of random draws"
+
+
 def test_train_padding_is_ten_pixels_at_paper_size_and_scales():
     assert train_padding(256) == 10
     assert train_padding(128) == 5
