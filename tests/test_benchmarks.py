@@ -53,3 +53,10 @@ def test_stage2_time_split_covers_every_step_and_adds_up(tmp_path):
         assert 0 <= loading and per_epoch > 0 and epochs >= 1 and per_run == pytest.approx(per_epoch * epochs, abs=0.11)
     total = float(table_row(out, "whole run (projected)")[4])
     assert total == pytest.approx(sum(float(c[4]) for c in rows.values()), abs=0.3)
+
+
+def test_transforms_benchmark_times_both_and_finds_them_identical():
+    out = run_script("benchmarks/bench_transforms.py", "--images", "20", "--rounds", "1")
+    for case in ("train, random erasing (Stage II)", "train (Stage I)", "test (extraction, evaluation)"):
+        row = table_row(out, case)
+        assert row[4] == "yes" and float(row[1]) > 0 and float(row[2]) > 0

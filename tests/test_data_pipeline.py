@@ -17,7 +17,8 @@ from mmt_lib.data.loaders import (
 )
 from mmt_lib.data.sampler import IdentitySampler
 from mmt_lib.data.transforms import (
-    ERASING_FILL, IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform, train_padding,
+    ERASING_FILL, IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform, torchvision_transform,
+    train_padding,
 )
 from mmt_lib.seeding import derive_seed, seed_everything
 
@@ -160,17 +161,6 @@ def test_test_transform_is_deterministic_and_normalised():
     assert torch.allclose(gray.mean(dim=(1, 2)), expected, atol=1e-4)
 
 
-def torchvision_reference(h: int, w: int, train: bool, erasing_prob: float | None) -> T.Compose:
-    """The paper's transforms written with ``torchvision.transforms``, step by step: the specification."""
-    steps = [T.Resize((h, w), interpolation=T.InterpolationMode.BICUBIC)]
-    if train:
-        steps += [T.RandomHorizontalFlip(p=0.5), T.Pad(train_padding(h)), T.RandomCrop((h, w))]
-    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if erasing_prob is not None:
-        steps.append(T.RandomErasing(p=erasing_prob, scale=(0.02, 0.4), ratio=(0.3, 1 / 0.3), value=ERASING_FILL))
-    return T.Compose(steps)
-
-
 @pytest.mark.parametrize("h, w, image_size", [(64, 32, (64, 32)), (64, 32, (100, 41)), (32, 16, (32, 16))])
 @pytest.mark.parametrize("kind", ["test", "train", "train+erasing"])
 def test_transforms_draw_and_compute_exactly_as_torchvision(h, w, image_size, kind):
@@ -179,7 +169,7 @@ def test_transforms_draw_and_compute_exactly_as_torchvision(h, w, image_size, ki
     train, erasing = kind != "test", 0.5 if kind.endswith("erasing") else None
     ours = (build_train_transform(h, w, random_erasing=erasing is not None) if train
             else build_test_transform(h, w))
-    reference = torchvision_reference(h, w, train, erasing)
+    reference = torchvision_transform(h, w, train, random_erasing=erasing is not None)
     images = [pixel_image(*image_size, seed=k) for k in range(3)] + [pixel_image(*image_size).convert("L")]
     for seed in range(8):
         for image in images:

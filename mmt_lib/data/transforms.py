@@ -117,6 +117,22 @@ def build_test_transform(height: int, width: int) -> Transform:
     return ReidTransform(height, width)
 
 
+def torchvision_transform(
+    height: int, width: int, train: bool, random_erasing: bool = False, erasing_prob: float = 0.5
+) -> Transform:
+    """The same transform as ``build_train_transform`` (``train``) or ``build_test_transform``, written
+    step by step with ``torchvision.transforms``: the specification the tests and
+    ``benchmarks/bench_transforms.py`` hold ``ReidTransform`` to, draw for draw and float for float."""
+    _check_size(height, width)
+    steps: list[Callable] = [T.Resize((height, width), interpolation=RESIZE_INTERPOLATION)]
+    if train:
+        steps += [T.RandomHorizontalFlip(p=0.5), T.Pad(train_padding(height)), T.RandomCrop((height, width))]
+    steps += [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    if train and random_erasing:
+        steps.append(T.RandomErasing(p=erasing_prob, scale=ERASING_SCALE, ratio=ERASING_RATIO, value=ERASING_FILL))
+    return T.Compose(steps)
+
+
 def _check_size(height: int, width: int) -> None:
     if height < 1 or width < 1:
         raise ValueError(f"image height and width must be positive, got height={height}, width={width}")
