@@ -76,14 +76,14 @@ DOMAINS: dict[str, DomainSpec] = {
         ),
     ),
     "synth-duke": DomainSpec(
-        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(5, 8),
+        name="synth-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(6, 8),
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.25, hue_shift=0.06, saturation=0.95, lightness=0.0, coat=0.2, summer=0.05,
             backpack=0.45, temperature=-0.4, brightness=(0.6, 1.25), contrast=1.0, camera_cast=0.1,
-            camera_desaturation=0.35,
+            camera_desaturation=0.25,
             backgrounds=("campus", "campus", "street"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
-            jpeg_quality=85, occlusion=0.06, scale=(1.0, 1.2),
+            jpeg_quality=85, occlusion=0.03, scale=(1.0, 1.2),
         ),
     ),
     "synth-msmt": DomainSpec(
@@ -91,10 +91,10 @@ DOMAINS: dict[str, DomainSpec] = {
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.25, hue_shift=-0.08, saturation=1.0, lightness=0.0, coat=0.2, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.3,
-            camera_desaturation=0.2,
+            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.2,
+            camera_desaturation=0.1,
             backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.15, noise=0.015,
-            blur=0.3, downsample=1.0, jpeg_quality=92, occlusion=0.03, scale=(1.0, 1.2),
+            blur=0.3, downsample=1.0, jpeg_quality=92, occlusion=0.0, scale=(1.0, 1.2),
         ),
     ),
 }
