@@ -37,8 +37,9 @@ def test_eval_cluster_benchmark_agrees_with_its_references():
 def test_throughput_benchmark_prints_speeds_and_loss_curves():
     out = run_script("benchmarks/train_throughput.py", "--tiny", "--iters", "1", "--curves", "3")
     for setting in ("fp32 reference", "ours"):
-        train_ips, extract_ips = (float(x) for x in table_row(out, setting)[1:3])
-        assert train_ips > 0 and extract_ips > 0
+        row = table_row(out, setting)
+        train_ips, extract_ips, cpu_ms, warm_s = (float(row[i]) for i in (1, 2, 5, 6))
+        assert train_ips > 0 and extract_ips > 0 and cpu_ms > 0 and warm_s > 0
     for term in ("loss_hard_ce", "loss_hard_triplet", "loss_soft_ce", "loss_soft_triplet"):
         cells = table_row(out, term)[1:]
         assert all(float(c) == float(c) for c in cells[:5]), cells  # finite, not NaN
