@@ -16,7 +16,9 @@ from PIL import Image
 
 from mmt_lib.data import synthetic
 from mmt_lib.data.registry import load_dataset
-from mmt_lib.data.synthetic import DOMAINS, SIZES, ensure_domain, identity_counts, render_identity_grid
+from mmt_lib.data.synthetic import (
+    DOMAINS, SIZES, ensure_domain, identity_counts, plan_domain, render_identity_grid, train_images_range,
+)
 from mmt_lib.data.synthetic_render import (
     OUT_H,
     OUT_W,
@@ -94,7 +96,7 @@ def test_structure_matches_the_domain_and_size_spec(tiny, name, num_cams):
     # An identity seen by more cameras than the size's image count gets one image per camera
     # (two per camera in the test split): the domain's cameras per identity win.
     min_cams = spec.cams_per_id[0]
-    lo, hi = size.train_images
+    lo, hi = train_images_range(spec, size)
     assert all(lo <= n <= max(hi, min_cams) for n in per_train.values())
     per_test = defaultdict(int)
     for pid, _, _ in query + gallery:
@@ -250,3 +252,20 @@ def test_tight_crops_cut_off_the_top_of_the_head():
 def test_out_of_range_style_knobs_are_refused_by_name(changes, field):
     with pytest.raises(ValueError, match=f"DomainStyle.{field}"):
         _style(**changes)
+
+
+def test_train_images_scale_multiplies_training_images_only():
+    """A domain's ``train_images_scale`` gives each training identity that many times the size's
+    images (the real datasets differ in images per identity); the test split is drawn as before."""
+    spec, size = DOMAINS["synth-market"], SIZES["tiny"]
+    assert spec.train_images_scale == 1.0 and train_images_range(spec, size) == size.train_images
+    doubled = dataclasses.replace(spec, train_images_scale=2.0)
+    assert train_images_range(doubled, size) == (2 * size.train_images[0], 2 * size.train_images[1])
+    plans = {s: plan_domain(d, size, seed=0) for s, d in ((1.0, spec), (2.0, doubled))}
+    train = {s: sum(job.split == "train" for job in plan) for s, plan in plans.items()}
+    assert 1.6 * train[1.0] < train[2.0] < 2.4 * train[1.0]
+    test = {s: sorted((job.pid, job.cam) for job in plan if job.split != "train" and job.pid)
+            for s, plan in plans.items()}
+    assert test[2.0] == test[1.0]
+    with pytest.raises(ValueError, match="train_images_scale of synth-market must be > 0"):
+        dataclasses.replace(spec, train_images_scale=0.0)
