@@ -23,7 +23,7 @@ reproduce: setup
 	$(PY) -m mmt_lib.batch run --profile $(PROFILE) --seeds $(SEEDS) --jobs $(JOBS)
 	$(PY) -m mmt_lib.batch collect --profile $(PROFILE) --seeds $(SEEDS)
 
-# Is every synthetic target learnable and the gap to it real? Stage I only, about 8 minutes on 2 cores;
+# Is every synthetic target learnable and the gap to it real? Stage I only, about 20 minutes on 2 cores;
 # exits with status 3 when a number is outside its band.
 calibrate: setup
 	$(PY) -m mmt_lib.calibrate --profile $(PROFILE) --jobs $(JOBS)
