@@ -141,11 +141,7 @@ def cache_name(paths: Sequence[str], height: int, width: int) -> tuple[str, str]
     changed image; at MSMT17's 126k files it takes well under a second.
     """
     folders = sorted({os.path.dirname(p) for p in paths})
-    try:
-        common = Path(os.path.commonpath(folders))
-    except ValueError:  # absolute and relative paths mixed
-        common = Path(folders[0])
-    label = "".join(c if c.isalnum() or c in "-." else "_" for c in "_".join(common.parts[-2:]))[:60]
+    label = "".join(c if c.isalnum() or c in "-." else "_" for c in "_".join(_common_folder(folders).parts[-2:]))[:60]
     where = hashlib.sha256("\n".join(folders).encode()).hexdigest()[:12]
     group = f"{label}-{height}x{width}-{where}"
     state = hashlib.sha256(f"{FORMAT_VERSION} {height} {width}\n".encode())
@@ -158,14 +154,24 @@ def cache_name(paths: Sequence[str], height: int, width: int) -> tuple[str, str]
     return group, f"{group}-{state.hexdigest()[:16]}.npy"
 
 
+def _common_folder(folders: Sequence[str]) -> Path:
+    """The folder that holds all of ``folders``; the first of them when their paths cannot be compared."""
+    try:
+        return Path(os.path.commonpath(folders))
+    except ValueError:  # absolute and relative paths mixed
+        return Path(folders[0])
+
+
 def _build(file: Path, paths: list[str], height: int, width: int, progress: bool, threads: int | None) -> None:
     threads = threads or available_cores()
+    where = "/".join(_common_folder(sorted({os.path.dirname(p) for p in paths})).parts[-2:])
     with replacing(file) as tmp:
         rows = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
         with ThreadPoolExecutor(max_workers=threads) as pool:
             decoded = pool.map(decode_resized, paths, [height] * len(paths), [width] * len(paths))
             for row, pixels in enumerate(tqdm(decoded, total=len(paths), unit="img", disable=not progress, leave=False,
-                                              desc=f"decoding {len(paths)} images to {height}x{width} (once)")):
+                                              desc=f"decoding {len(paths)} images of {where} to {height}x{width} "
+                                                   "(once)")):
                 rows[row] = pixels
         rows.flush()
         del rows
