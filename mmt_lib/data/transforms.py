@@ -44,7 +44,7 @@ def train_padding(height: int) -> int:
 class ReidTransform:
     """Resize, then optionally flip + pad/crop, ToTensor, Normalize and random erasing, drawn and computed
     exactly as ``torchvision.transforms`` does them (same random draws in the same order, the same
-    pixels and floats), but on a uint8 tensor instead of through PIL for each step.
+    pixels and floats), but on a numpy array instead of through PIL for each step.
 
     Why not ``T.Compose``: on a CPU the loader is part of every training step, and at 64x32 the
     per-step overheads of a PIL round trip and of ``ToTensor``/``Normalize`` (about 0.4 ms of an
@@ -83,15 +83,11 @@ class ReidTransform:
             pixels = pixels[:, ::-1]
         height, width = self.size
         pad = self.pad
+        padded = np.zeros((height + 2 * pad, width + 2 * pad, pixels.shape[2]), dtype=pixels.dtype)
+        padded[pad:pad + height, pad:pad + width] = pixels
         top = torch.randint(0, 2 * pad + 1, size=(1,)).item()
         left = torch.randint(0, 2 * pad + 1, size=(1,)).item()
-        crop = np.zeros_like(pixels)
-        # the crop's row r is the padded image's row top + r, i.e. the image's row top + r - pad
-        rows, cols = slice(max(0, pad - top), min(height, height + pad - top)), slice(
-            max(0, pad - left), min(width, width + pad - left))
-        crop[rows, cols] = pixels[rows.start + top - pad:rows.stop + top - pad,
-                                  cols.start + left - pad:cols.stop + left - pad]
-        return crop
+        return padded[top:top + height, left:left + width]
 
     def _normalised(self, pixels: np.ndarray) -> np.ndarray:
         """``ToTensor`` then ``Normalize``, the same float32 operations in the same order, on HxWxC."""
