@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from mmt_lib.analysis import flat_history
 from mmt_lib.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
+from mmt_lib.claims import claims_markdown, claims_table
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
 from mmt_lib.plot_style import metric_label, task_label, variant_label
 from mmt_lib.plots import empty_figure, plot_results, save_figure
@@ -167,13 +168,21 @@ def to_markdown(table: pd.DataFrame) -> str:
 
 
 def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
-    """Write ``results.csv`` / ``results.md`` (over seeds) and ``runs.csv`` (one row per run) of the
-    named runs (None: every run folder); return the table."""
+    """Write ``results.csv`` / ``results.md`` (over seeds), ``runs.csv`` (one row per run) and
+    ``claims.csv`` / ``claims.md`` (the paper's claims, seed by seed) of the named runs (None: every
+    run folder); return the table."""
     profile_dir = Path(profile_dir)
     runs = load_runs(profile_dir, run_ids)
     table = with_published(summarise(runs))
-    for name, frame in (("results.csv", table), ("runs.csv", runs)):
+    claims = claims_table(runs)
+    for name, frame in (("results.csv", table), ("runs.csv", runs), ("claims.csv", claims)):
         write_text_atomic(profile_dir / name, frame.to_csv(index=False, float_format="%.2f"))
+    write_text_atomic(
+        profile_dir / "claims.md",
+        f"# The paper's claims: {profile_dir.name}\n\nmAP points of the first row over the second, "
+        "paired by seed (both rows start from the same Stage I networks); mean ± sample std over "
+        "seeds, the seeds it holds in, and each seed's difference.\n\n" + claims_markdown(claims) + "\n",
+    )
     write_text_atomic(
         profile_dir / "results.md",
         f"# Results: {profile_dir.name}\n\nPercent, mean ± sample std over seeds. Label-free model selection "
