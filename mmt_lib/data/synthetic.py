@@ -98,8 +98,8 @@ DOMAINS: dict[str, DomainSpec] = {
         distractor_fraction=0.0,
         style=DomainStyle(
             dark_clothing=0.25, hue_shift=-0.08, saturation=1.0, lightness=0.0, coat=0.2, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.2,
-            camera_desaturation=0.15,
+            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.25,
+            camera_desaturation=0.05,
             backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.15, noise=0.015,
             blur=0.3, downsample=1.0, jpeg_quality=92, occlusion=0.0, scale=(1.0, 1.2),
         ),
