@@ -770,7 +770,7 @@ def _collect(profile: str, runs_dir: Path, runs: list[Run]) -> int:
     hashes = run_hashes(runs)
     states = {r.run_id: run_state(r, hashes[r.run_id]) for r in runs}
     current = [r.run_id for r in runs if states[r.run_id] == "done"]
-    table = collect(profile_dir, current)
+    table = collect(profile_dir, current).table
     if len(table):
         execute_notebook("04_results", profile_dir / "04_results.ipynb",
                          {"profile": profile, "runs_dir": str(runs_dir), "run_ids": current})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,10 +168,22 @@ def to_markdown(table: pd.DataFrame) -> str:
     return shown.to_markdown(index=False, floatfmt=".1f", missingval="")
 
 
-def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Collected:
+    """What ``collect`` wrote, handed back so that a caller need not read the run folders again."""
+
+    table: pd.DataFrame
+    """One row per task and variant: mean and std over seeds, beside the paper (``results.csv``)."""
+    runs: pd.DataFrame
+    """One row per run (``runs.csv``)."""
+    claims: pd.DataFrame
+    """The paper's claims, paired by seed (``claims.csv``)."""
+
+
+def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> Collected:
     """Write ``results.csv`` / ``results.md`` (over seeds), ``runs.csv`` (one row per run) and
     ``claims.csv`` / ``claims.md`` (the paper's claims, seed by seed) of the named runs (None: every
-    run folder); return the table."""
+    run folder), and the results figures; return the three tables."""
     profile_dir = Path(profile_dir)
     runs = load_runs(profile_dir, run_ids)
     table = with_published(summarise(runs))
@@ -195,7 +208,7 @@ def collect(profile_dir: str | Path, run_ids: list[str] | None = None) -> pd.Dat
     if len(runs):
         for value in ("mAP", "top1"):
             save_figure(results_figure(runs, value), profile_dir / "figures" / f"results_{value}.png")
-    return table
+    return Collected(table, runs, claims)
 
 
 # ---------------------------------------------------------------- named studies (mmt_lib.studies)

@@ -67,11 +67,17 @@ def test_every_claim_names_rows_of_the_grid():
         assert {claim.better, claim.worse} <= set(VARIANTS), claim
 
 
-def test_collect_writes_the_claims_beside_the_results(tmp_path, monkeypatch):
+def loaded_runs() -> pd.DataFrame:
+    """Two runs as ``results.load_runs`` gives them: MMT 2.5 mAP over the baseline."""
     runs = runs_frame([("duke2market", "baseline", 1, 50.0), ("duke2market", "mmt-kmeans", 1, 52.5)])
     for metric in ("top1", "top5", "top10", "oracle_mAP"):
         runs[metric] = 0.0
     runs["numerics"] = "reproducible"
+    return runs
+
+
+def test_collect_writes_the_claims_beside_the_results(tmp_path, monkeypatch):
+    runs = loaded_runs()
     monkeypatch.setattr(results, "load_runs", lambda profile_dir, run_ids=None: runs)
     results.collect(tmp_path / "synthetic")
     written = pd.read_csv(tmp_path / "synthetic" / "claims.csv")
@@ -79,3 +85,16 @@ def test_collect_writes_the_claims_beside_the_results(tmp_path, monkeypatch):
     assert written["difference_mean"].tolist() == [2.5]
     assert ["MMT beats the hard-label baseline", "Table 2, rows 2 and 10", "duke2market", "+2.5", "1/1", "+2.5"] \
         in table_rows((tmp_path / "synthetic" / "claims.md").read_text())
+
+
+def test_collect_hands_back_what_it_read_and_wrote_so_the_notebook_reads_the_runs_once(tmp_path, monkeypatch):
+    runs = loaded_runs()
+    reads = []
+    monkeypatch.setattr(results, "load_runs", lambda profile_dir, run_ids=None: reads.append(run_ids) or runs)
+    collected = results.collect(tmp_path / "synthetic", ["a", "b"])
+    assert reads == [["a", "b"]]
+    assert collected.runs is runs
+    assert collected.claims["difference_mean"].tolist() == [2.5]
+    written = pd.read_csv(tmp_path / "synthetic" / "results.csv")
+    assert collected.table["variant"].tolist() == written["variant"].tolist() == ["baseline", "mmt-kmeans"]
+    assert collected.table["mAP_mean"].tolist() == [50.0, 52.5]
