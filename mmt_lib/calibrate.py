@@ -27,6 +27,7 @@ import json
 import multiprocessing
 import os
 import shutil
+import signal
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -38,7 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mmt_lib import config, distributed
+from mmt_lib import config, distributed, lifeline
 from mmt_lib.analysis import pseudo_label_quality
 from mmt_lib.checkpoints import remove_dead_temps, save_metrics, temp_token, write_json_atomic, write_text_atomic
 from mmt_lib.engine import load_named_dataset, prepare_model, resolve_device
@@ -134,6 +135,13 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
     return summary
 
 
+def cell_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes that end with this driver, however it ends (SIGTERM, SIGKILL): a
+    stopped calibration must not leave cells training on the cores that its rerun needs."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=lifeline.die_with_parent, initargs=(signal.SIGTERM, os.getpid()))
+
+
 def _passes(value: float, bounds: tuple[float | None, float | None]) -> bool:
     low, high = bounds
     return (low is None or value >= low) and (high is None or value < high)
@@ -200,7 +208,7 @@ def calibrate(
     threads = max(1, (os.cpu_count() or 1) // jobs)
     bar = tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress)
     by_name: dict[str, dict[str, Any]] = {}
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with cell_pool(jobs) as pool:
         futures = [pool.submit(run_cell, cell, out_dir, threads) for cell in cells]
         try:
             for future in as_completed(futures):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 
 from mmt_lib import calibrate
+from mmt_lib.paths import PROJECT_ROOT
 
 
 def test_cells_are_one_direct_run_per_task_and_one_supervised_run_per_target():
@@ -159,3 +164,24 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     cols = ["supervised_mAP", "direct_mAP", "kmeans_nmi"]
     np.testing.assert_allclose(again[cols].to_numpy(float), table[cols].to_numpy(float), atol=1e-6)
 
+
+
+def test_a_killed_calibration_driver_leaves_no_cell_running(tmp_path):
+    """A driver killed outright (SIGKILL: no handler runs) takes its pool's workers along."""
+    driver_code = ("import os, time\nfrom mmt_lib import calibrate\npool = calibrate.cell_pool(1)\n"
+                   "print(pool.submit(os.getpid).result(), flush=True)\npool.submit(time.sleep, 600)\ntime.sleep(600)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-c", driver_code], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, text=True)
+    worker = psutil.Process(int(driver.stdout.readline()))
+    try:
+        assert worker.ppid() == driver.pid
+        driver.kill()
+        driver.wait()
+        deadline = time.monotonic() + 60
+        while worker.is_running() and worker.status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE, "the cell outlived its driver"
+    finally:
+        if worker.is_running():
+            worker.send_signal(signal.SIGKILL)
