@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -165,14 +164,11 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     np.testing.assert_allclose(again[cols].to_numpy(float), table[cols].to_numpy(float), atol=1e-6)
 
 
-
-def test_a_killed_calibration_driver_leaves_no_cell_running(tmp_path):
+def test_a_killed_calibration_driver_leaves_no_cell_running():
     """A driver killed outright (SIGKILL: no handler runs) takes its pool's workers along."""
     driver_code = ("import os, time\nfrom mmt_lib import calibrate\npool = calibrate.cell_pool(1)\n"
                    "print(pool.submit(os.getpid).result(), flush=True)\npool.submit(time.sleep, 600)\ntime.sleep(600)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")])}
-    driver = subprocess.Popen([sys.executable, "-c", driver_code], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, text=True)
+    driver = subprocess.Popen([sys.executable, "-c", driver_code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     worker = psutil.Process(int(driver.stdout.readline()))
     try:
         assert worker.ppid() == driver.pid
