@@ -2,7 +2,7 @@
 
 Builds (once, under ``--root``) a Market-1501-layout source of ``--images`` JPEG crops at Market's
 128x64 and a ``folder``-layout target of as many, then times whole Stage I epochs of the library
-(``mmt_lib.pretrain.train_epoch``: ``--iters`` identity-balanced source batches, each with a target
+(``mmt_lib.method.pretrain.train_epoch``: ``--iters`` identity-balanced source batches, each with a target
 batch forwarded for BatchNorm) on the synthetic profile (``cpu_small``, 64x32, batch 64):
 
 * real, decoded every draw: each image read from its JPEG and resized on every draw (no cache);
@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import replace
 import os
 import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +44,10 @@ from mmt_lib.config import RunConfig, resolve  # noqa: E402
 from mmt_lib.data.decoded import available_cores, cache_dir, decode_once  # noqa: E402
 from mmt_lib.data.loaders import ImageDataset, build_shuffled_loader, build_train_loader  # noqa: E402
 from mmt_lib.data.transforms import build_train_transform  # noqa: E402
-from mmt_lib.engine import build_adam, load_task_datasets, prepare_model  # noqa: E402
+from mmt_lib.method.engine import build_adam, load_task_datasets, prepare_model  # noqa: E402
+from mmt_lib.method.pretrain import learning_rate, train_epoch  # noqa: E402
 from mmt_lib.models import build_model  # noqa: E402
-from mmt_lib.pretrain import learning_rate, train_epoch  # noqa: E402
-from mmt_lib.seeding import seed_everything  # noqa: E402
+from mmt_lib.runtime.seeding import seed_everything  # noqa: E402
 
 MARKET = "Market-1501-v15.09.15"
 TARGET = "bench-target"

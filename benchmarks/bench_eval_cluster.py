@@ -38,10 +38,15 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmt_lib.evaluate import distance_blocks, evaluate_features, squared_euclidean  # noqa: E402
-from mmt_lib.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402
-from mmt_lib.rerank import evaluate_reranked, nearest_neighbours  # noqa: E402
 from reference import k_reciprocal_weights, query_expansion, textbook_eps  # noqa: E402
+
+from mmt_lib.evaluation.evaluate import (  # noqa: E402
+    distance_blocks,
+    evaluate_features,
+    squared_euclidean,
+)
+from mmt_lib.evaluation.rerank import evaluate_reranked, nearest_neighbours  # noqa: E402
+from mmt_lib.method.pseudo_labels import dbscan, dbscan_eps, jaccard_distance, kmeans  # noqa: E402
 
 SCALES = {
     # name: (train images, query, gallery, test identities, train identities)

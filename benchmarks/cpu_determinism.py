@@ -1,7 +1,7 @@
 """Which library settings change the metrics of a CPU run: each pin of reproducible mode, released one at a time.
 
 Every setting runs the same work (``work``) in a fresh process, since the pins are read when the
-libraries load, and is compared bit for bit with reproducible mode (``mmt_lib.reproducible.PINNED_ENV``).
+libraries load, and is compared bit for bit with reproducible mode (``mmt_lib.runtime.reproducible.PINNED_ENV``).
 The same work, under reproducible mode, gives the golden values that ``tests/test_golden.py`` checks. Releasing a pin to another
 value that this CPU also runs (scalar kernels, SSE4.1, generic builds, two threads) shows whether
 that library's choice of kernel reaches the metrics, as a CPU with another instruction set would.
@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mmt_lib.reproducible import PINNED_ENV, THREAD_VARIABLES  # noqa: E402
+from mmt_lib.runtime.reproducible import PINNED_ENV, THREAD_VARIABLES  # noqa: E402
 
 RELEASED: dict[str, dict[str, str]] = {
     "reproducible": {},
@@ -61,7 +61,8 @@ def work(data_root: Path, out_dir: Path) -> dict[str, Any]:
     """
     import torch
 
-    from mmt_lib import config, mmt
+    from mmt_lib import config
+    from mmt_lib.method import mmt
 
     quiet = {"runtime": {"progress": False}}
     results: dict[str, Any] = {"torch_capability": torch.backends.cpu.get_cpu_capability(),
@@ -88,7 +89,8 @@ def work(data_root: Path, out_dir: Path) -> dict[str, Any]:
 
 def _stage1_pair(common: dict[str, Any], overrides: dict[str, Any], out_dir: Path, results: dict[str, Any],
                  label: str) -> tuple[Path, Path]:
-    from mmt_lib import config, pretrain
+    from mmt_lib import config
+    from mmt_lib.method import pretrain
 
     for seed in (1, 2):
         cfg = config.resolve("pretrain", seed=seed, overrides=overrides, **common)

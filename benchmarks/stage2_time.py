@@ -2,7 +2,7 @@
 
 Builds the two students (and mean nets) of a profile's Stage II on a task's target, with random
 weights (time does not depend on what the weights hold), and times each step of one Stage II epoch
-(``mmt_lib.mmt``) the way ``train_mmt`` runs it: embedding the target's training images with both
+(``mmt_lib.method.mmt``) the way ``train_mmt`` runs it: embedding the target's training images with both
 labelling nets, k-means (or DBSCAN), ``iters`` MMT iterations, evaluating the labelling nets on
 query + gallery. Loading alone (the same loaders iterated without any network) is timed apart, so
 each step splits into loading and compute. The table then projects one whole run: ``epochs`` x
@@ -30,14 +30,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmt_lib.config import resolve  # noqa: E402
 from mmt_lib.data.loaders import (  # noqa: E402
-    ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader,
+    ImageDataset,
+    IterLoader,
+    TwoViewDataset,
+    build_test_loader,
+    build_train_loader,
 )
 from mmt_lib.data.transforms import build_test_transform, build_train_transform  # noqa: E402
-from mmt_lib.engine import build_adam, decoded_images, evaluate_model, load_named_dataset, prepare_model  # noqa: E402
-from mmt_lib.mmt import Networks, assign_pseudo_labels, embed_target, init_classifiers, train_epoch  # noqa: E402
+from mmt_lib.method.engine import (  # noqa: E402
+    build_adam,
+    decoded_images,
+    evaluate_model,
+    load_named_dataset,
+    prepare_model,
+)
+from mmt_lib.method.mmt import (  # noqa: E402
+    Networks,
+    assign_pseudo_labels,
+    embed_target,
+    init_classifiers,
+    train_epoch,
+)
+from mmt_lib.method.teachers import create_mean_teacher  # noqa: E402
 from mmt_lib.models import build_model  # noqa: E402
-from mmt_lib.seeding import seed_everything  # noqa: E402
-from mmt_lib.teachers import create_mean_teacher  # noqa: E402
+from mmt_lib.runtime.seeding import seed_everything  # noqa: E402
 
 
 def least(fn: Callable[[], object], repeats: int) -> float:

@@ -1,9 +1,9 @@
 """Images per second of one Stage II iteration and of feature extraction: fp32 reference against our settings.
 
-The iteration is the library's own (``mmt_lib.mmt.train_epoch``: two students forward and backward,
+The iteration is the library's own (``mmt_lib.method.mmt.train_epoch``: two students forward and backward,
 two mean nets forward, the four MMT loss terms, Adam, the mean-teacher updates), fed with one
 synthetic batch of random images that already lies on the device, so data loading is not measured.
-Extraction is ``mmt_lib.evaluate.extract_features`` in eval mode. Settings compared:
+Extraction is ``mmt_lib.evaluation.evaluate.extract_features`` in eval mode. Settings compared:
 
 * reference: fp32, contiguous (NCHW) memory, plain Adam;
 * ours: the library's defaults on this device (``runtime`` left at ``None``: bf16 autocast on CUDA and
@@ -33,13 +33,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmt_lib.config import RunConfig, resolve  # noqa: E402
-from mmt_lib.engine import (  # noqa: E402
-    build_adam, prepare_model, resolve_device, uses_bf16, uses_channels_last, uses_fused_adam,
+from mmt_lib.evaluation.evaluate import extract_features  # noqa: E402
+from mmt_lib.method.engine import (  # noqa: E402
+    build_adam,
+    prepare_model,
+    resolve_device,
+    uses_bf16,
+    uses_channels_last,
+    uses_fused_adam,
 )
-from mmt_lib.evaluate import extract_features  # noqa: E402
-from mmt_lib.mmt import Networks, train_epoch  # noqa: E402
+from mmt_lib.method.mmt import Networks, train_epoch  # noqa: E402
+from mmt_lib.method.teachers import create_mean_teacher  # noqa: E402
 from mmt_lib.models import build_model  # noqa: E402
-from mmt_lib.teachers import create_mean_teacher  # noqa: E402
 
 EPOCHS, ITERS = 40, 400
 TARGETS = {"Market-1501": 12_936, "DukeMTMC-reID": 16_522}

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mmt_lib import __version__
-from mmt_lib.paths import project_path
+from mmt_lib.runtime.paths import project_path
 
 TASKS: dict[str, tuple[str, str]] = {
     "market2duke": ("market", "duke"),
@@ -62,13 +62,13 @@ class DataConfig:
 
 
 STAGE0 = "stage0"
-"""``model.pretrained`` value meaning: the Stage 0 start (``mmt_lib.stage0``) for the run's arch and input size."""
+"""``model.pretrained`` value meaning: the Stage 0 start (``mmt_lib.method.stage0``) for the run's arch and input size."""
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """``pretrained``: a local ImageNet weights file for the backbone, or ``STAGE0`` for the
-    formula-driven start that stands in for ImageNet (``mmt_lib.stage0``, seeded by ``backbone_seed``).
+    formula-driven start that stands in for ImageNet (``mmt_lib.method.stage0``, seeded by ``backbone_seed``).
 
     ``backbone_seed``: without ``pretrained`` weights, every network's backbone starts from the
     random weights this seed draws, so that the two Stage I networks still share their starting
@@ -264,7 +264,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 K is not a profile setting: it follows the target (``default_num_clusters``), except that
 ``synthetic_num_clusters`` fixes it on the synthetic domains of a profile that says so (the smoke
 profile's tiny domains, for fast tests). ``stage0`` sizes the Stage 0 start of ``model.pretrained="stage0"``
-(``mmt_lib.stage0.Stage0Config``; nothing named: its defaults). The synthetic profile keeps the
+(``mmt_lib.method.stage0.Stage0Config``; nothing named: its defaults). The synthetic profile keeps the
 paper's protocol at a smaller scale: one shared pretrained start, Stage II at Stage I's base rate,
 the mean teacher's window at the paper's share of Stage II; its comments give each departure's reason
 (docs/method.md). The settings it had before, a shared random start (``model.pretrained=None``,
@@ -494,7 +494,9 @@ def _check_values(cfg: RunConfig) -> None:
 
 def _check_names(cfg: RunConfig) -> None:
     """Settings that name something: a backbone, a synthetic size, a clustering, a teacher."""
-    from mmt_lib.data.synthetic import SIZES  # here: the batch driver imports this module without torch
+    from mmt_lib.data.synthetic import (
+        SIZES,  # here: the batch driver imports this module without torch
+    )
     from mmt_lib.models import known_archs
 
     if cfg.model.arch not in known_archs():

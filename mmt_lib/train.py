@@ -7,7 +7,7 @@
 Relative paths (``--out``, ``--pretrained``, ``--data-root``, ``--imagenet-weights``) are relative to the
 current directory. Each writes ``metrics.json`` (top-level ``mAP``, ``top1``, ...) into ``--out`` once it finishes.
 One process per device: ``torchrun --nproc_per_node=N -m mmt_lib.train ...`` (several nodes: torchrun's
-``--nnodes``/``--rdzv_*`` arguments); rank 0 alone writes (see ``mmt_lib.distributed``).
+``--nnodes``/``--rdzv_*`` arguments); rank 0 alone writes (see ``mmt_lib.runtime.distributed``).
 """
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from mmt_lib import config, distributed, provenance
-from mmt_lib.checkpoints import ensure_writable, save_metrics
-from mmt_lib.mmt import run_variant
+from mmt_lib import config
+from mmt_lib.method import provenance
+from mmt_lib.method.mmt import run_variant
+from mmt_lib.method.pretrain import pretrain
+from mmt_lib.method.trainer import CHECKPOINT
 from mmt_lib.models import known_archs
-from mmt_lib.paths import from_command_line
-from mmt_lib.pretrain import pretrain
-from mmt_lib.trainer import CHECKPOINT
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.checkpoints import ensure_writable, save_metrics
+from mmt_lib.runtime.paths import from_command_line
 
 
 def main(argv: list[str] | None = None) -> int:

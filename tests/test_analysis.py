@@ -6,7 +6,8 @@ from itertools import combinations
 import numpy as np
 import pytest
 
-from mmt_lib.analysis import embed_2d, noisy_samples, pseudo_label_quality
+from mmt_lib.evaluation.label_quality import noisy_samples, pseudo_label_quality
+from mmt_lib.figures.analysis import embed_2d
 
 KEYS = {
     "num_clusters", "outlier_fraction", "nmi", "ari", "pairwise_precision", "pairwise_recall",

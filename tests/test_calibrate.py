@@ -14,8 +14,8 @@ import pandas as pd
 import psutil
 import pytest
 
-from mmt_lib import calibrate
-from mmt_lib.paths import PROJECT_ROOT
+from mmt_lib.experiments import calibrate
+from mmt_lib.runtime.paths import PROJECT_ROOT
 
 
 def test_cells_are_one_direct_run_per_task_and_one_supervised_run_per_target():
@@ -166,7 +166,7 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
 
 def test_a_killed_calibration_driver_leaves_no_cell_running():
     """A driver killed outright (SIGKILL: no handler runs) takes its pool's workers along."""
-    driver_code = ("import os, time\nfrom mmt_lib import calibrate\npool = calibrate.cell_pool(1)\n"
+    driver_code = ("import os, time\nfrom mmt_lib.experiments import calibrate\npool = calibrate.cell_pool(1)\n"
                    "print(pool.submit(os.getpid).result(), flush=True)\npool.submit(time.sleep, 600)\ntime.sleep(600)\n")
     driver = subprocess.Popen([sys.executable, "-c", driver_code], cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
     worker = psutil.Process(int(driver.stdout.readline()))

@@ -3,8 +3,8 @@
 import pandas as pd
 import pytest
 
-from mmt_lib import claims, results
-from mmt_lib.claims import Claim
+from mmt_lib.experiments import claims, results
+from mmt_lib.experiments.claims import Claim
 
 
 def table_rows(markdown: str) -> list[list[str]]:

@@ -12,15 +12,12 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from mmt_lib.data.loaders import (
-    ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader, load_image,
-)
+from mmt_lib.data.loaders import (ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader,
+                                   load_image)
 from mmt_lib.data.sampler import IdentitySampler
-from mmt_lib.data.transforms import (
-    ERASING_FILL, IMAGENET_MEAN, IMAGENET_STD, build_test_transform, build_train_transform, torchvision_transform,
-    train_padding,
-)
-from mmt_lib.seeding import derive_seed, seed_everything
+from mmt_lib.data.transforms import (ERASING_FILL, IMAGENET_MEAN, IMAGENET_STD, build_test_transform,
+                                     build_train_transform, torchvision_transform, train_padding)
+from mmt_lib.runtime.seeding import derive_seed, seed_everything
 
 H, W = 32, 16
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.utils.data import BatchSampler, Dataset
 
-from mmt_lib import distributed
 from mmt_lib.data.loaders import build_shuffled_loader, build_train_loader
 from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
-from mmt_lib.paths import PROJECT_ROOT
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.paths import PROJECT_ROOT
 
 SMOKE_BATCH = 16
 
@@ -88,7 +88,7 @@ def test_feature_shards_cover_every_row_once(monkeypatch):
 def test_a_target_smaller_than_the_job_is_refused_on_every_rank(monkeypatch):
     from types import SimpleNamespace
 
-    from mmt_lib.mmt import embed_target
+    from mmt_lib.method.mmt import embed_target
 
     monkeypatch.setattr(distributed, "world_size", lambda: 4)
     with pytest.raises(ValueError, match="3 images, fewer than the 4 processes"):

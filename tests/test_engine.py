@@ -7,8 +7,8 @@ import sys
 
 import torch
 
-from mmt_lib import engine
 from mmt_lib.config import RuntimeConfig
+from mmt_lib.method import engine
 
 CPU = torch.device("cpu")
 
@@ -28,7 +28,7 @@ def test_cpu_bf16_follows_the_cpus_capability_unless_set(monkeypatch):
 
 
 def test_reproducible_mode_keeps_cpu_bf16_off_on_any_cpu():
-    code = "from mmt_lib.engine import native_cpu_bf16; print(native_cpu_bf16())"
+    code = "from mmt_lib.method.engine import native_cpu_bf16; print(native_cpu_bf16())"
     env = {"ATEN_CPU_CAPABILITY": "avx2", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

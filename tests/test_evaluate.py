@@ -9,11 +9,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import textbook_rerank
 from sklearn.metrics import average_precision_score
 
-from mmt_lib.evaluate import _rank_statistics_compiled, _rank_statistics_tensors, evaluate_distance_blocks, evaluate_features, extract_features, squared_euclidean
-from mmt_lib.rerank import evaluate_reranked, rerank_blocks
-from reference import textbook_rerank
+from mmt_lib.evaluation.evaluate import (_rank_statistics_compiled, _rank_statistics_tensors,
+                                          evaluate_distance_blocks, evaluate_features, extract_features,
+                                          squared_euclidean)
+from mmt_lib.evaluation.rerank import evaluate_reranked, rerank_blocks
 
 
 def reference_metrics(dist: np.ndarray, qp, gp, qc, gc, topk=(1, 5, 10)) -> dict:
@@ -208,7 +210,7 @@ def test_distance_blocks_that_require_grad_are_evaluated():
 def test_two_threads_may_evaluate_at_once():
     """numba's work queue aborts the whole process when two threads enter it together."""
     code = (
-        "import threading, torch; from mmt_lib.evaluate import evaluate_features\n"
+        "import threading, torch; from mmt_lib.evaluation.evaluate import evaluate_features\n"
         "q, g = torch.randn(40, 8), torch.randn(300, 8)\n"
         "qp, gp, qc, gc = torch.randint(5, (40,)), torch.randint(5, (300,)), torch.randint(2, (40,)), torch.randint(2, (300,))\n"
         "run = lambda: [evaluate_features(q, g, qp, gp, qc, gc, chunk_size=4) for _ in range(30)]\n"

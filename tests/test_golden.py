@@ -2,7 +2,7 @@
 
 The work is ``benchmarks/cpu_determinism.work``: the smoke profile's Stage 0 start, Stage I pair and Stage II
 (k-means and DBSCAN), and the synthetic profile's first task with a short Stage I pair and one
-Stage II epoch. It runs in a fresh process with ``mmt_lib.reproducible.PINNED_ENV`` set, as the
+Stage II epoch. It runs in a fresh process with ``mmt_lib.runtime.reproducible.PINNED_ENV`` set, as the
 batch driver runs every notebook. After a change that is meant to change the numbers, rewrite the
 expected values with ``PYTHONPATH=benchmarks python tests/test_golden.py --write`` and say why in the commit.
 """
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from cpu_determinism import fingerprints, run_in_subprocess
-from mmt_lib.reproducible import PINNED_ENV
+
+from mmt_lib.runtime.reproducible import PINNED_ENV
 
 EXPECTED = Path(__file__).with_name("golden") / "cpu_metrics.json"
 

@@ -8,14 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmt_lib.losses import (
-    hard_example_indices,
-    label_smooth_cross_entropy,
-    pairwise_distance,
-    soft_cross_entropy,
-    soft_softmax_triplet,
-    softmax_triplet,
-)
+from mmt_lib.method.losses import (hard_example_indices, label_smooth_cross_entropy, pairwise_distance,
+                                    soft_cross_entropy, soft_softmax_triplet, softmax_triplet)
 
 
 def _gen(seed: int) -> torch.Generator:

@@ -12,7 +12,7 @@ from torch import nn
 
 from mmt_lib.models import ReidNet, build_model, known_archs, share_initial_backbone
 from mmt_lib.models.ibn import IBN
-from mmt_lib.seeding import seed_everything
+from mmt_lib.runtime.seeding import seed_everything
 
 SMALL_ARCHS = ["cpu_tiny", "cpu_small", "resnet18"]
 UNPICKLED: list[str] = []

@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 
 import pytest  # noqa: E402
 
-from mmt_lib import tour  # noqa: E402
+from mmt_lib.figures import tour  # noqa: E402
 
 NOTEBOOKS = sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb"))
 PATH_SUFFIXES = ("_dir", "_dirs", "_root")

@@ -14,9 +14,14 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.text import Text  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mmt_lib import results  # noqa: E402
-from mmt_lib.plot_style import MAX_WIDTH_IN, MIN_FONT_PT, metric_label, task_label  # noqa: E402
-from mmt_lib.plots import (  # noqa: E402
+from mmt_lib.experiments import results  # noqa: E402
+from mmt_lib.figures.plot_style import (  # noqa: E402
+    MAX_WIDTH_IN,
+    MIN_FONT_PT,
+    metric_label,
+    task_label,
+)
+from mmt_lib.figures.plots import (  # noqa: E402
     image_grid,
     plot_embedding,
     plot_results,

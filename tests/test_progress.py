@@ -10,7 +10,7 @@ import IPython
 from tqdm import std
 from tqdm.notebook import tqdm as widget_bar
 
-from mmt_lib import progress
+from mmt_lib.runtime import progress
 
 
 class _Kernel:

@@ -9,19 +9,12 @@ import pytest
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+from reference import sequential_jaccard, textbook_eps, textbook_jaccard
 from sklearn.cluster import DBSCAN, KMeans
 
-from mmt_lib.evaluate import squared_euclidean
-from mmt_lib.pseudo_labels import (
-    average_features,
-    cluster_centroids,
-    dbscan,
-    dbscan_eps,
-    jaccard_distance,
-    kmeans,
-    relabel,
-)
-from reference import sequential_jaccard, textbook_eps, textbook_jaccard
+from mmt_lib.evaluation.evaluate import squared_euclidean
+from mmt_lib.method.pseudo_labels import (average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance,
+                                          kmeans, relabel)
 
 
 def clustered(seed: int, n: int = 240, n_ids: int = 40, dim: int = 16, noise: float = 0.8) -> torch.Tensor:
@@ -52,7 +45,7 @@ def test_jaccard_matches_textbook(seed, k1, k2):
 
 
 def test_a_point_without_neighbours_still_gets_its_explicit_zero_diagonal():
-    from mmt_lib.rerank import jaccard_block
+    from mmt_lib.evaluation.rerank import jaccard_block
 
     # V of 4 points: 0 and 1 share member 0, 2 has no member at all, 3 shares member 3 with 1.
     v = sp.csr_matrix(np.array([[1.0, 0, 0, 0], [0.5, 0, 0, 0.5], [0, 0, 0, 0], [0, 0, 0, 1.0]], np.float32))
@@ -71,7 +64,7 @@ def test_a_point_without_neighbours_still_gets_its_explicit_zero_diagonal():
     (slice(0, 300), None, True), (slice(70, 201), None, False), (slice(None, 130), slice(100, 300), False),
     (slice(-40, None), slice(0, 300), True)])
 def test_jaccard_block_is_exact_to_the_bit_on_any_range_of_rows_and_columns(rows, columns, zero_diagonal):
-    from mmt_lib.rerank import jaccard_block, k_reciprocal_encoding, nearest_neighbours, query_expansion
+    from mmt_lib.evaluation.rerank import jaccard_block, k_reciprocal_encoding, nearest_neighbours, query_expansion
 
     x = clustered(3, n=300)
     neighbours = nearest_neighbours(x, 11)
@@ -86,7 +79,7 @@ def test_jaccard_block_is_exact_to_the_bit_on_any_range_of_rows_and_columns(rows
 
 
 def test_jaccard_block_refuses_empty_or_strided_ranges():
-    from mmt_lib.rerank import jaccard_block
+    from mmt_lib.evaluation.rerank import jaccard_block
 
     v = sp.csr_matrix(np.eye(4, dtype=np.float32))
     with pytest.raises(ValueError, match="rows must be a non-empty slice"):
@@ -216,7 +209,7 @@ def test_numba_runs_on_its_own_work_queue_not_a_second_openmp_runtime():
     import subprocess
     from pathlib import Path
 
-    code = ("import numba, torch; from mmt_lib.pseudo_labels import jaccard_distance; "
+    code = ("import numba, torch; from mmt_lib.method.pseudo_labels import jaccard_distance; "
             "jaccard_distance(torch.randn(60, 8), k1=5, k2=2); print(numba.threading_layer())")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,

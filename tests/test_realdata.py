@@ -18,12 +18,15 @@ import pytest
 import torch
 from PIL import Image
 
-from mmt_lib import batch, engine, mmt, reporting
+from mmt_lib import batch
 from mmt_lib.config import EXPLICIT_NUM_CLUSTERS, TASKS, num_clusters_origin, resolve
 from mmt_lib.data import decoded, load_dataset
 from mmt_lib.data.decoded import CACHE_ENV, decode_once
 from mmt_lib.data.loaders import ImageDataset, TwoViewDataset
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
+from mmt_lib.experiments import plan as batch_plan
+from mmt_lib.experiments import reporting
+from mmt_lib.method import engine, mmt
 
 ROOT = Path(__file__).resolve().parents[1]
 MARKET = "Market-1501-v15.09.15"
@@ -257,16 +260,16 @@ def test_a_folder_under_the_root_is_a_dataset_by_its_name(data_root):
 
 
 def test_tasks_name_any_two_datasets(data_root, tmp_path):
-    specs = batch.task_specs(["duke2market", "market2mycams", ("mycams", "synth-duke")], "real", data_root)
+    specs = batch_plan.task_specs(["duke2market", "market2mycams", ("mycams", "synth-duke")], "real", data_root)
     assert specs == {"duke2market": ("dukemtmc", "market1501"), "market15012mycams": ("market1501", "mycams"),
                      "mycams2synth-duke": ("mycams", "synth-duke")}
-    assert batch.task_specs(["market2duke"], "synthetic", data_root) == {"market2duke": ("synth-market", "synth-duke")}
+    assert batch_plan.task_specs(["market2duke"], "synthetic", data_root) == {"market2duke": ("synth-market", "synth-duke")}
     with pytest.raises(ValueError, match="names no two datasets"):
-        batch.task_specs(["mycams2mars"], "real", data_root)
+        batch_plan.task_specs(["mycams2mars"], "real", data_root)
     for name in ("a", "a2b", "b2market"):
         (tmp_path / name).mkdir()
     with pytest.raises(ValueError, match=r"ambiguous \(a -> b2market or a2b -> market1501\)"):
-        batch.task_specs(["a2b2market"], "real", tmp_path)
+        batch_plan.task_specs(["a2b2market"], "real", tmp_path)
 
 
 def test_a_custom_kmeans_grid_without_k_is_refused_before_anything_runs(data_root, tmp_path):
@@ -275,17 +278,17 @@ def test_a_custom_kmeans_grid_without_k_is_refused_before_anything_runs(data_roo
         batch.main(["run", "--profile", "smoke", "--data-root", str(data_root), "--runs-dir", str(runs_dir),
                     "--source", "market1501", "--target", "mycams"])
     assert not runs_dir.exists()
-    dbscan_only = batch.select(batch.plan("smoke", runs_dir, tasks=[("market1501", "mycams")],
+    dbscan_only = batch_plan.select(batch_plan.plan("smoke", runs_dir, tasks=[("market1501", "mycams")],
                                           data_root=str(data_root)), ["*/mmt-dbscan/*"], None)
-    batch.check_configs(dbscan_only)
+    batch_plan.check_configs(dbscan_only)
     assert [r.variant for r in dbscan_only] == ["pretrain", "pretrain", "mmt-dbscan"]
 
 
 def test_real_data_on_another_profile_gets_its_own_runs_folder():
-    assert batch.default_runs_dir("synthetic", None) == "runs"
-    assert batch.default_runs_dir("synthetic", "synthetic") == "runs"
-    assert batch.default_runs_dir("synthetic", "real") == "runs/real"
-    assert batch.default_runs_dir("paper", "real") == "runs"
+    assert batch_plan.default_runs_dir("synthetic", None) == "runs"
+    assert batch_plan.default_runs_dir("synthetic", "synthetic") == "runs"
+    assert batch_plan.default_runs_dir("synthetic", "real") == "runs/real"
+    assert batch_plan.default_runs_dir("paper", "real") == "runs"
 
 
 @pytest.mark.notebook

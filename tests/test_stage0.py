@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmt_lib import analysis, batch, pretrain, stage0
 from mmt_lib.config import PROFILES, STAGE0, resolve
 from mmt_lib.data.decoded import CACHE_ENV
+from mmt_lib.experiments import plan as batch_plan
+from mmt_lib.figures import analysis
+from mmt_lib.method import pretrain, stage0
 from mmt_lib.models import build_backbone, build_model, load_imagenet_weights
 
 SMOKE = stage0.Stage0Config(**PROFILES["smoke"]["stage0"], arch="cpu_tiny", height=32, width=16)
@@ -115,7 +117,7 @@ def test_two_stage1_runs_start_from_the_same_stage0_backbone(tmp_path, monkeypat
 def test_feature_agreement_is_one_for_a_network_with_itself_and_less_for_another(tmp_path):
     cfg = resolve(stage="mmt", profile="smoke", data_root=str(tmp_path), device="cpu",
                   overrides={"runtime": {"progress": False}})
-    from mmt_lib.engine import load_named_dataset
+    from mmt_lib.method.engine import load_named_dataset
 
     target = load_named_dataset(cfg.data, cfg.data.target)
     torch.manual_seed(0)
@@ -128,19 +130,19 @@ def test_feature_agreement_is_one_for_a_network_with_itself_and_less_for_another
 
 
 def test_the_batch_plan_builds_the_start_before_stage1_only_when_asked():
-    runs = batch.select(batch.plan("smoke"), ["duke2market/direct/*"], None)
-    assert batch.with_stage0(runs) == runs
-    assert batch.with_stage0(runs, {"overrides": {"mmt": {"epochs": 1}}}) == runs
-    staged = batch.with_stage0(runs, {"overrides": {"model": {"pretrained": STAGE0}}})
-    assert staged[0].run_id == batch.STAGE0_RUN and staged[0].notebook == "00_stage0"
+    runs = batch_plan.select(batch_plan.plan("smoke"), ["duke2market/direct/*"], None)
+    assert batch_plan.with_stage0(runs) == runs
+    assert batch_plan.with_stage0(runs, {"overrides": {"mmt": {"epochs": 1}}}) == runs
+    staged = batch_plan.with_stage0(runs, {"overrides": {"model": {"pretrained": STAGE0}}})
+    assert staged[0].run_id == batch_plan.STAGE0_RUN and staged[0].notebook == "00_stage0"
     assert staged[0].parameters["out_dir"] == "runs/smoke/stage0/start/seed0"
     stage1 = [r for r in staged if r.notebook == "01_pretrain"]
-    assert len(stage1) == 2 and all(r.upstream == (batch.STAGE0_RUN,) for r in stage1)
+    assert len(stage1) == 2 and all(r.upstream == (batch_plan.STAGE0_RUN,) for r in stage1)
     assert [r for r in staged if r.notebook not in ("00_stage0", "01_pretrain")] == \
         [r for r in runs if r.notebook != "01_pretrain"]
     params = {"overrides": {"model": {"pretrained": STAGE0}}, "classes_shown": 2}
-    final = batch.with_parameters(staged, params)
-    batch.check_parameters(final)
+    final = batch_plan.with_parameters(staged, params)
+    batch_plan.check_parameters(final)
     assert final[0].parameters["overrides"] == params["overrides"] and final[0].parameters["classes_shown"] == 2
 
 

@@ -7,14 +7,16 @@ import json
 import pandas as pd
 import pytest
 
-from mmt_lib import batch, results
-from mmt_lib.studies import STUDIES, get_study, levels_of, merge_overrides, stage_two_settings
+from mmt_lib import batch
+from mmt_lib.experiments import plan as batch_plan
+from mmt_lib.experiments import results
+from mmt_lib.experiments.studies import STUDIES, get_study, levels_of, merge_overrides, stage_two_settings
 
 NEEDS = "what-mmt-needs"
 
 
 def test_what_mmt_needs_plans_every_start_and_window_for_mmt_and_every_start_for_the_baseline(tmp_path):
-    runs = batch.study_plan("synthetic", tmp_path, NEEDS)
+    runs = batch_plan.study_plan("synthetic", tmp_path, NEEDS)
     ids = {r.run_id for r in runs}
     for k in (1, 2, 3):
         for start in ("shared-start", "random-start"):
@@ -28,7 +30,7 @@ def test_what_mmt_needs_plans_every_start_and_window_for_mmt_and_every_start_for
 
 
 def test_study_runs_carry_their_levels_overrides_and_their_own_stage_one_pair(tmp_path):
-    runs = {r.run_id: r for r in batch.study_plan("synthetic", tmp_path, NEEDS, seeds=[2])}
+    runs = {r.run_id: r for r in batch_plan.study_plan("synthetic", tmp_path, NEEDS, seeds=[2])}
     mmt = runs["duke2market/mmt-kmeans.random-start.whole-run-window/seed2"]
     assert mmt.parameters["overrides"] == {"model": {"pretrained": None}, "pretrain": {"lr": 3e-3},
                                            "mmt": {"lr": 3e-3, "ema_window_share": 1.0}}
@@ -37,7 +39,7 @@ def test_study_runs_carry_their_levels_overrides_and_their_own_stage_one_pair(tm
     assert mmt.parameters["pretrained_dirs"] == [str(tmp_path / "synthetic" / u) for u in mmt.upstream]
     shared = runs["duke2market/pretrain.shared-start/seed3"]
     assert shared.parameters["overrides"] == {} and shared.notebook == "01_pretrain"
-    batch.check_configs(list(runs.values()))  # every run's settings resolve
+    batch_plan.check_configs(list(runs.values()))  # every run's settings resolve
 
 
 def test_the_window_levels_set_the_mean_teachers_alpha_from_the_share():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmt_lib.teachers import create_mean_teacher, ema_alpha, update_mean_teacher
+from mmt_lib.method.teachers import create_mean_teacher, ema_alpha, update_mean_teacher
 
 
 def _net(seed: int) -> nn.Module:

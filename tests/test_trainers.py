@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from mmt_lib import mmt, pretrain, trainer
-from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import VARIANTS, resolve
-from mmt_lib.paths import PROJECT_ROOT
-from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed
+from mmt_lib.method import mmt, pretrain, trainer
+from mmt_lib.runtime.checkpoints import load_checkpoint, save_checkpoint
+from mmt_lib.runtime.paths import PROJECT_ROOT
+from mmt_lib.runtime.seeding import CLUSTERING_STREAM, derive_seed
 
 TIMING = ("seconds_extract", "seconds_cluster", "seconds_train", "seconds_eval")
 
@@ -201,7 +201,7 @@ def test_each_epoch_clusters_with_a_derived_seed(stage1, tmp_path, monkeypatch):
 
 
 def test_stage2_does_not_import_stage1():
-    code = "import sys, mmt_lib.mmt; print('mmt_lib.pretrain' in sys.modules)"
+    code = "import sys, mmt_lib.method.mmt; print('mmt_lib.method.pretrain' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -283,7 +283,7 @@ def test_stage1_networks_of_both_seeds_start_from_one_backbone(tmp_path, monkeyp
 
 
 def test_atomic_writes_give_files_the_mode_open_gives(tmp_path):
-    from mmt_lib.checkpoints import write_text_atomic
+    from mmt_lib.runtime.checkpoints import write_text_atomic
 
     (tmp_path / "plain.txt").write_text("x")
     write_text_atomic(tmp_path / "atomic.md", "≤ ✓\n")
@@ -326,7 +326,8 @@ def test_stage2_refuses_stage1_of_another_task_naming_both(stage1, tmp_path, cap
 
 
 def test_one_stage1_run_for_both_students_only_when_asked(stage1, tmp_path, capsys):
-    from mmt_lib import provenance, train
+    from mmt_lib import train
+    from mmt_lib.method import provenance
 
     data_root, checkpoints, _ = stage1
     with pytest.raises(SystemExit) as refused:

@@ -33,9 +33,9 @@ import numpy as np
 from PIL import Image
 from torchvision.transforms import functional as F
 
-from mmt_lib.checkpoints import replacing
 from mmt_lib.data.transforms import RESIZE_INTERPOLATION
-from mmt_lib.progress import tqdm
+from mmt_lib.runtime.checkpoints import replacing
+from mmt_lib.runtime.progress import tqdm
 
 CACHE_ENV = "MMT_CACHE_DIR"
 CACHE_OFF = "off"

@@ -8,7 +8,7 @@ Determinism. A training loader for (seed, epoch) always yields the same batches:
   loader's generator, here seeded from (seed, epoch); workers of ranks other than 0 then reseed
   from that seed and their rank, so that ranks do not augment in lockstep;
 * with ``num_workers = 0`` augmentations draw from torch's global RNG in the main process: the
-  trainer calls ``mmt_lib.seeding.seed_everything(seed, epoch)`` at the start of each epoch.
+  trainer calls ``mmt_lib.runtime.seeding.seed_everything(seed, epoch)`` at the start of each epoch.
 
 The two settings give different (each repeatable) augmentations, so runs compare like with like
 only at the same ``num_workers``.
@@ -30,8 +30,8 @@ from mmt_lib.data.base import Sample
 from mmt_lib.data.decoded import DecodedImages, load_image
 from mmt_lib.data.sampler import IdentitySampler, ShardedBatchSampler
 from mmt_lib.data.transforms import Transform
-from mmt_lib.distributed import per_rank_batch
-from mmt_lib.seeding import WORKER_STREAM, derive_seed
+from mmt_lib.runtime.distributed import per_rank_batch
+from mmt_lib.runtime.seeding import WORKER_STREAM, derive_seed
 
 
 class ImageDataset(Dataset):

@@ -18,20 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmt_lib.checkpoints import remove_dead_temps, temp_token
-from mmt_lib.progress import tqdm
+from mmt_lib.runtime.checkpoints import remove_dead_temps, temp_token
+from mmt_lib.runtime.progress import tqdm
 
-from .synthetic_render import (
-    OUT_H,
-    OUT_W,
-    CameraModel,
-    DomainStyle,
-    Identity,
-    make_background,
-    make_cameras,
-    render_image,
-    sample_identity,
-)
+from .synthetic_render import (OUT_H, OUT_W, CameraModel, DomainStyle, Identity, make_background, make_cameras,
+                                render_image, sample_identity)
 
 GENERATOR_VERSION = 2
 """Bump when rendering changes: cached domains with another version are regenerated."""

@@ -9,7 +9,7 @@ import torch
 from mmt_lib.models.backbones import BACKBONES, build_backbone
 from mmt_lib.models.head import ReidNet
 from mmt_lib.models.weights import load_imagenet_weights
-from mmt_lib.seeding import derive_seed
+from mmt_lib.runtime.seeding import derive_seed
 
 __all__ = ["ReidNet", "build_model", "known_archs", "load_imagenet_weights", "share_initial_backbone"]
 

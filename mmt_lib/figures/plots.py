@@ -25,21 +25,11 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from mmt_lib.checkpoints import replacing
 from mmt_lib.config import ABLATION_VARIANTS
-from mmt_lib.plot_style import (
-    FAMILY_COLOURS,
-    LINE_COLOURS,
-    MAX_WIDTH_IN,
-    MIN_FONT_PT,
-    REFERENCE_GREY,
-    finish,
-    metric_label,
-    metric_scale,
-    styled,
-    task_label,
-    variant_label,
-)
+from mmt_lib.figures.plot_style import (FAMILY_COLOURS, LINE_COLOURS, MAX_WIDTH_IN, MIN_FONT_PT, REFERENCE_GREY,
+                                        finish, metric_label, metric_scale, styled, task_label, variant_label)
+from mmt_lib.method.stage0 import Stage0Config, class_images
+from mmt_lib.runtime.checkpoints import replacing
 
 _OUTLIER_COLOUR = (0.75, 0.75, 0.75)
 MAX_LINES = len(LINE_COLOURS)
@@ -75,7 +65,7 @@ def plot_embedding(
 ) -> Figure:
     """Two panels of the same 2-D points: coloured by true identity, and by pseudo label.
 
-    Noisy samples (``analysis.noisy_samples``) are marked with black crosses in both panels, so
+    Noisy samples (``evaluation.label_quality.noisy_samples``) are marked with black crosses in both panels, so
     the reader sees which true identities the clustering merges or splits. Outliers (-1) are grey.
     """
     points = np.asarray(points_2d, dtype=float)
@@ -422,3 +412,13 @@ def run_figures(history: list[dict[str, Any]], title: str) -> list[Figure]:
         figures.append(plot_training_curves(history, quality,
                                             title=f"{title}: pseudo labels against the true identities"))
     return figures
+
+
+def stage0_sample_figure(cfg: Stage0Config, classes: int = 6, per_class: int = 8) -> Figure:
+    """The first ``per_class`` training images of the first ``classes`` classes, one row per class."""
+    if not 1 <= classes <= cfg.classes or not 1 <= per_class <= cfg.images_per_class:
+        raise ValueError(f"stage0_sample_figure shows 1..{cfg.classes} classes of 1..{cfg.images_per_class} images, "
+                         f"got classes={classes}, per_class={per_class}")
+    images = [image for k in range(classes) for image in class_images(cfg, k)[:per_class]]
+    return image_grid(images, classes, per_class, row_labels=[f"class {k}" for k in range(classes)],
+                      max_cols=max(per_class, 1))

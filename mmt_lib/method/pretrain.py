@@ -1,7 +1,7 @@
 """Stage I: supervised pre-training on the labelled source domain (the paper's Section 3.1; docs/method.md).
 
 Run twice, with seeds 1 and 2, to get the two networks that MMT trains together; both backbones
-start from the same weights (ImageNet's, the formula-driven Stage 0 start of ``mmt_lib.stage0``, or
+start from the same weights (ImageNet's, the formula-driven Stage 0 start of ``mmt_lib.method.stage0``, or
 without either the random draw of ``model.backbone_seed``).
 Each iteration also forwards a target batch without a loss, so BatchNorm running statistics absorb
 the target domain.
@@ -17,20 +17,21 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmt_lib import distributed, provenance
+from mmt_lib.method import provenance
+from mmt_lib.runtime import distributed
 from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
-from mmt_lib.engine import (
+from mmt_lib.method.engine import (
     autocast, build_adam, check_finite, decoded_images, evaluate_model, load_task_datasets, prepare_model,
     resolve_device, show_progress, training_module,
 )
-from mmt_lib.losses import label_smooth_cross_entropy, softmax_triplet
+from mmt_lib.method.losses import label_smooth_cross_entropy, softmax_triplet
 from mmt_lib.models import build_model, share_initial_backbone
-from mmt_lib.paths import project_path
-from mmt_lib.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
-from mmt_lib.stage0 import resolve_pretrained
-from mmt_lib.trainer import evaluates_after, run_epochs
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.runtime.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
+from mmt_lib.method.stage0 import resolve_pretrained
+from mmt_lib.method.trainer import evaluates_after, run_epochs
 
 
 def learning_rate(p: PretrainConfig, epoch: int) -> float:

@@ -19,8 +19,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
-from mmt_lib.compiled import numba, torch_threads
-from mmt_lib.progress import tqdm
+from mmt_lib.runtime.compiled import numba, torch_threads
+from mmt_lib.runtime.progress import tqdm
 
 ArrayLike = np.ndarray | torch.Tensor
 _BLOCK_ELEMENTS = {"cpu": 1 << 26, "other": 1 << 24}

@@ -86,7 +86,7 @@ _METRICS: dict[str, tuple[str, str, float]] = {
 """History key (without its section) -> (words, unit, factor from stored value to shown value).
 
 ``impurity`` is 1 - cluster purity: the share of images whose cluster's most frequent identity is
-another person (``analysis.pseudo_label_quality``'s ``wrong_majority_fraction``)."""
+another person (``evaluation.label_quality.pseudo_label_quality``'s ``wrong_majority_fraction``)."""
 
 _SECTIONS = {
     "source": "source",

@@ -8,10 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from mmt_lib.analysis import embed_2d, flat_history, noisy_samples, pseudo_label_quality
-from mmt_lib.checkpoints import METRICS_FILE, read_metrics
-from mmt_lib.paths import project_path
-from mmt_lib.progress import tqdm
+from mmt_lib.evaluation.label_quality import noisy_samples, pseudo_label_quality
+from mmt_lib.figures.analysis import embed_2d, flat_history
+from mmt_lib.runtime.checkpoints import METRICS_FILE, read_metrics
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.runtime.progress import tqdm
 
 SNAPSHOT_DIR = "embeddings"
 _SNAPSHOT = re.compile(r"epoch(\d+)\.npz$")

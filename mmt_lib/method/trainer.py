@@ -16,13 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmt_lib import distributed
-from mmt_lib.checkpoints import load_checkpoint, save_checkpoint
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import RunConfig
-from mmt_lib.engine import show_progress
+from mmt_lib.method.engine import show_progress
 from mmt_lib.models import ReidNet, build_model
-from mmt_lib.progress import trange
-from mmt_lib.seeding import seed_everything
+from mmt_lib.runtime.progress import trange
+from mmt_lib.runtime.seeding import seed_everything
 
 CHECKPOINT = "checkpoint.pt"
 

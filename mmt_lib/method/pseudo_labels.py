@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
-from mmt_lib.evaluate import check_features
-from mmt_lib.rerank import (
+from mmt_lib.evaluation.evaluate import check_features
+from mmt_lib.evaluation.rerank import (
     jaccard_block,
     k_reciprocal_encoding,
     nearest_neighbours,

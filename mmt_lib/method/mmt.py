@@ -12,7 +12,7 @@ Per epoch:
 The baseline and every Table 2 row are settings of this one trainer (``config.VARIANTS``): which
 loss terms are on, whose predictions give the soft labels, and whether mean teachers exist at all.
 
-Under ``torchrun`` (``mmt_lib.distributed``) the same steps run in every process: step 1 is split
+Under ``torchrun`` (``mmt_lib.runtime.distributed``) the same steps run in every process: step 1 is split
 between processes, step 2 runs once and is shared, step 5 trains on each process's share of the
 batch, and only rank 0 evaluates and writes.
 """
@@ -28,26 +28,27 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmt_lib import distributed, provenance
-from mmt_lib.analysis import pseudo_label_quality
-from mmt_lib.checkpoints import save_arrays_atomic
+from mmt_lib.method import provenance
+from mmt_lib.runtime import distributed
+from mmt_lib.evaluation.label_quality import pseudo_label_quality
+from mmt_lib.runtime.checkpoints import save_arrays_atomic
 from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig, num_clusters_origin
 from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
-from mmt_lib.engine import (
+from mmt_lib.method.engine import (
     autocast, build_adam, check_finite, decoded_images, evaluate_model, load_named_dataset, prepare_model,
     resolve_device, show_progress, training_module, uses_bf16,
 )
-from mmt_lib.evaluate import extract_features
-from mmt_lib.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
+from mmt_lib.evaluation.evaluate import extract_features
+from mmt_lib.method.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
 from mmt_lib.models import ReidNet
-from mmt_lib.paths import project_path
-from mmt_lib.progress import tqdm
-from mmt_lib.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
-from mmt_lib.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
-from mmt_lib.teachers import create_mean_teacher, update_mean_teacher
-from mmt_lib.trainer import CHECKPOINT, evaluates_after, load_pretrained_network, run_epochs
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.runtime.progress import tqdm
+from mmt_lib.method.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
+from mmt_lib.runtime.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
+from mmt_lib.method.teachers import create_mean_teacher, update_mean_teacher
+from mmt_lib.method.trainer import CHECKPOINT, evaluates_after, load_pretrained_network, run_epochs
 
 EMBEDDINGS = "embeddings"
 ORACLE_NOTE = "selected by target-test mAP, which uses target labels: not a valid unsupervised result"

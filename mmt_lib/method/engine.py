@@ -9,14 +9,14 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmt_lib import distributed
+from mmt_lib.runtime import distributed
 from mmt_lib.config import DataConfig, RunConfig, RuntimeConfig
 from mmt_lib.data import ReidDataset, Sample, load_dataset
 from mmt_lib.data.decoded import DecodedImages, cache_dir, decode_once
 from mmt_lib.data.loaders import ImageDataset, build_test_loader
 from mmt_lib.data.transforms import build_test_transform
-from mmt_lib.evaluate import evaluate_features, extract_features
-from mmt_lib.paths import project_path
+from mmt_lib.evaluation.evaluate import evaluate_features, extract_features
+from mmt_lib.runtime.paths import project_path
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -38,7 +38,7 @@ def native_cpu_bf16() -> bool:
     """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX) and ATen may use it.
 
     Decided by capability, not by the CPU's name: on a CPU without it (AVX2) bf16 products are
-    emulated and slower than fp32. Reproducible mode pins ATen to AVX2 (``mmt_lib.reproducible``),
+    emulated and slower than fp32. Reproducible mode pins ATen to AVX2 (``mmt_lib.runtime.reproducible``),
     which turns it off there, so reproducible numbers stay the same on every CPU.
     """
     return (torch.backends.cpu.get_cpu_capability() not in ("DEFAULT", "AVX2")

@@ -13,8 +13,8 @@ from PIL import Image
 from mmt_lib.config import DOMAIN_DATASETS, PROFILES
 from mmt_lib.data import ReidDataset, load_dataset
 from mmt_lib.data.synthetic import DOMAINS
-from mmt_lib.paths import project_path
-from mmt_lib.plots import image_grid
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.figures.plots import image_grid
 
 
 def load_domains(names: list[str] | None, data_root: str, profile: str = "synthetic",

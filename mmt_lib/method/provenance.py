@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmt_lib.checkpoints import load_checkpoint
+from mmt_lib.runtime.checkpoints import load_checkpoint
 from mmt_lib.config import DOMAIN_DATASETS, DataConfig, RunConfig
 
 

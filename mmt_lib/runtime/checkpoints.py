@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mmt_lib.paths import project_path
+from mmt_lib.runtime.paths import project_path
 
 
 def _umask() -> int:

@@ -1,0 +1,262 @@
+"""Calibrating the synthetic domains: is each target learnable, and is the gap from its source real?
+
+A benchmark for pseudo-label refinery is only fair when three things hold for every transfer task,
+each measured by the same Stage I pipeline and network the experiments use (never by Stage II):
+
+- ``supervised_mAP``: Stage I trained on the *target's own* labelled training set and evaluated on
+  its test split. The upper bound: no unsupervised method should reach it, and a target below it
+  is too hard for the network, so no adaptation result on it means much;
+- ``direct_mAP``: the task's own Stage I network (trained on the source, with the target forwarded
+  through BatchNorm) evaluated on the target: direct transfer, where adaptation starts;
+- ``kmeans_nmi``: k-means with the task's K on that network's target training features, scored
+  against the true identities (which training never sees): how noisy the first pseudo labels are.
+  Stage II averages two networks' features, which is a little cleaner than this one network, and
+  seeds its k-means differently, so its first-epoch NMI differs a little from this one.
+
+``CRITERIA`` holds the bands (``low <= x < high``); ``python -m mmt_lib.calibrate`` writes
+``calibration.csv``, ``calibration.md`` and ``calibration.json`` under ``runs/<profile>/calibration``
+with a pass/fail per number, and exits with status ``EXIT_OUT_OF_BAND`` when any number is outside.
+The synthetic domains' knobs (``synthetic.DOMAINS``) are chosen by these numbers alone, before any
+Stage II run is looked at.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from mmt_lib import config
+from mmt_lib.runtime import distributed, lifeline
+from mmt_lib.evaluation.label_quality import pseudo_label_quality
+from mmt_lib.runtime.checkpoints import remove_dead_temps, save_metrics, temp_token, write_json_atomic, write_text_atomic
+from mmt_lib.method.engine import load_named_dataset, prepare_model, resolve_device
+from mmt_lib.method.mmt import assign_pseudo_labels, embed_target, pseudo_label_seed
+from mmt_lib.runtime.paths import from_command_line, project_path
+from mmt_lib.method.pretrain import pretrain
+from mmt_lib.runtime.progress import tqdm
+from mmt_lib.method.trainer import CHECKPOINT, load_pretrained_network
+
+CRITERIA: dict[str, tuple[float | None, float | None]] = {
+    "supervised_mAP": (0.80, None),
+    "direct_mAP": (0.15, 0.45),
+    "kmeans_nmi": (None, 0.85),
+}
+"""(low, high) of each calibration number's band, ``low <= x < high``; ``None``: no bound on that side."""
+
+EXIT_OUT_OF_BAND = 3
+"""Exit status of ``python -m mmt_lib.calibrate`` when it ran but some number is outside its band."""
+
+
+def default_out_dir(profile: str) -> Path:
+    return project_path(f"runs/{profile}/calibration")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One Stage I run of the calibration: ``supervised/<target>`` or ``direct/<task>``."""
+
+    name: str
+    cfg: config.RunConfig
+
+
+def calibration_cells(
+    profile: str = "synthetic",
+    tasks: list[str] | None = None,
+    seed: int = 1,
+    data_root: str | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> list[Cell]:
+    """One direct-transfer run per task and one supervised run per distinct target, in that order.
+
+    ``overrides`` (``config.resolve``'s) change every cell alike: a probe such as a longer Stage I
+    is then measured against all the bands at once, never on the supervised runs alone.
+    """
+    tasks = list(config.TASKS) if tasks is None else list(tasks)
+    unknown = [t for t in tasks if t not in config.TASKS]
+    if unknown or not tasks or len(set(tasks)) != len(tasks):
+        raise ValueError(f"calibration tasks must be distinct and among {sorted(config.TASKS)}, got {tasks}")
+    overrides = overrides or {}
+    quiet = {**overrides, "runtime": {**overrides.get("runtime", {}), "progress": False}}
+    direct = [config.resolve("pretrain", profile, task=t, seed=seed, data_root=data_root, overrides=quiet)
+              for t in tasks]
+    targets = list(dict.fromkeys(cfg.data.target for cfg in direct))
+    supervised = [config.resolve("pretrain", profile, source=name, target=name, seed=seed, data_root=data_root,
+                                 overrides=quiet) for name in targets]
+    return ([Cell(f"direct/{cfg.task}", cfg) for cfg in direct]
+            + [Cell(f"supervised/{cfg.data.target}", cfg) for cfg in supervised])
+
+
+def first_label_noise(cfg: config.RunConfig, run_dir: str | Path) -> dict[str, float]:
+    """Quality of k-means pseudo labels (the task's K) from the Stage I network in ``run_dir``."""
+    device = distributed.init(resolve_device(cfg.runtime.device))
+    net = prepare_model(load_pretrained_network(Path(run_dir) / CHECKPOINT, cfg.model.arch), cfg.runtime, device)
+    target = load_named_dataset(cfg.data, cfg.data.target)
+    features = embed_target([net], target, cfg, device)
+    labels, _ = assign_pseudo_labels(features, replace(cfg.mmt, clustering="kmeans"),
+                                     pseudo_label_seed(cfg.seed, 0), None)
+    return pseudo_label_quality(labels, np.array([pid for _, pid, _ in target.train]))
+
+
+def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Train one cell from scratch into ``out_dir/<cell.name>`` (a temp folder renamed when done)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    final = project_path(out_dir) / cell.name
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_dead_temps(final.parent, final.name)
+    work = final.with_name(f".{final.name}.tmp-{temp_token()}")
+    tic = time.perf_counter()
+    try:
+        metrics = pretrain(cell.cfg, work, resume=False)
+        summary = {"cell": cell.name, "task": cell.cfg.task, "source": cell.cfg.data.source,
+                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"]}
+        if cell.name.startswith("direct/"):
+            summary["kmeans"] = first_label_noise(cell.cfg, work)
+        summary["seconds"] = time.perf_counter() - tic
+        metrics["calibration"] = summary
+        save_metrics(work, metrics)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(work, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def cell_pool(jobs: int) -> ProcessPoolExecutor:
+    """``jobs`` worker processes that end with this driver, however it ends (SIGTERM, SIGKILL): a
+    stopped calibration must not leave cells training on the cores that its rerun needs."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=lifeline.die_with_parent, initargs=(signal.SIGTERM, os.getpid()))
+
+
+def _passes(value: float, bounds: tuple[float | None, float | None]) -> bool:
+    low, high = bounds
+    return (low is None or value >= low) and (high is None or value < high)
+
+
+def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
+    """One row per task: the three numbers, whether each passes ``CRITERIA``, and whether all do."""
+    supervised = {s["target"]: s for s in summaries if s["cell"].startswith("supervised/")}
+    rows = []
+    for s in (s for s in summaries if s["cell"].startswith("direct/")):
+        if s["target"] not in supervised:
+            raise ValueError(f"no supervised calibration run for {s['target']} (needed by {s['task']})")
+        row = {"task": s["task"], "source": s["source"], "target": s["target"],
+               "supervised_mAP": supervised[s["target"]]["mAP"], "direct_mAP": s["mAP"],
+               "kmeans_nmi": s["kmeans"]["nmi"], "kmeans_clusters": s["kmeans"]["num_clusters"]}
+        for name, bounds in CRITERIA.items():
+            row[f"{name}_ok"] = _passes(row[name], bounds)
+        row["calibrated"] = all(row[f"{name}_ok"] for name in CRITERIA)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _bounds_text(bounds: tuple[float | None, float | None]) -> str:
+    low, high = bounds
+    if low is not None and high is not None:
+        return f"{low:g} ≤ x < {high:g}"
+    return f"≥ {low:g}" if low is not None else f"< {high:g}"
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The table as Markdown, mAP in percent, each number marked ✓ or ✗ against its band."""
+    shown = table[["task"]].copy()
+    for name, bounds in CRITERIA.items():
+        scale, fmt = (100.0, "{:.1f}") if name.endswith("mAP") else (1.0, "{:.3f}")
+        header = f"{name} ({_bounds_text(tuple(None if b is None else b * scale for b in bounds))})"
+        shown[header] = [f"{fmt.format(v * scale)} {'✓' if ok else '✗'}"
+                         for v, ok in zip(table[name], table[f"{name}_ok"])]
+    shown["calibrated"] = ["yes" if ok else "no" for ok in table["calibrated"]]
+    return shown.to_markdown(index=False)
+
+
+def calibrate(
+    profile: str = "synthetic",
+    tasks: list[str] | None = None,
+    seed: int = 1,
+    out_dir: str | Path | None = None,
+    jobs: int = 1,
+    data_root: str | None = None,
+    progress: bool = True,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> pd.DataFrame:
+    """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``.
+
+    ``out_dir`` defaults to ``runs/<profile>/calibration``; ``overrides`` apply to every cell and are
+    recorded in ``calibration.json`` and ``calibration.md``.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
+    cells = calibration_cells(profile, tasks, seed, data_root, overrides)
+    out_dir = default_out_dir(profile) if out_dir is None else project_path(out_dir)
+    for cfg in {c.cfg.data for c in cells}:  # generate the domains once, before workers race for them
+        load_named_dataset(cfg, cfg.source)
+        load_named_dataset(cfg, cfg.target)
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    bar = tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress)
+    by_name: dict[str, dict[str, Any]] = {}
+    with cell_pool(jobs) as pool:
+        futures = [pool.submit(run_cell, cell, out_dir, threads) for cell in cells]
+        try:
+            for future in as_completed(futures):
+                summary = future.result()
+                by_name[summary["cell"]] = summary
+                bar.update(1)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)  # a failed cell stops the queue, not just itself
+            raise
+        finally:
+            bar.close()
+    summaries = [by_name[cell.name] for cell in cells]
+    table = calibration_table(summaries)
+    write_text_atomic(out_dir / "calibration.csv", table.to_csv(index=False, float_format="%.4f"))
+    changed = f"Overrides: `{json.dumps(overrides)}`\n\n" if overrides else ""
+    write_text_atomic(out_dir / "calibration.md", f"# Calibration: profile {profile}, seed {seed}\n\n"
+                                                  f"{changed}{to_markdown(table)}\n")
+    write_json_atomic(out_dir / "calibration.json",
+                      {"profile": profile, "seed": seed, "overrides": overrides or {}, "runs": summaries})
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mmt_lib.calibrate", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
+    parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(config.TASKS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--data-root", default=None, help="relative to the current directory (default: <project>/data)")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--out", default=None,
+                        help="relative to the current directory (default: <project>/runs/<profile>/calibration)")
+    parser.add_argument("--overrides", default="{}",
+                        help='JSON applied to every run, e.g. \'{"pretrain": {"epochs": 60, "milestones": [42]}}\'')
+    args = parser.parse_args(argv)
+    try:
+        overrides = config.parse_overrides(args.overrides)
+    except ValueError as err:
+        parser.error(str(err))
+    out = default_out_dir(args.profile) if args.out is None else Path(from_command_line(args.out))
+    tic = time.perf_counter()
+    table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, from_command_line(args.data_root),
+                      overrides=overrides)
+    print(to_markdown(table))
+    print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
+          f"-> {out / 'calibration.csv'}")
+    return 0 if table["calibrated"].all() else EXIT_OUT_OF_BAND
+
+
+if __name__ == "__main__":
+    sys.exit(main())
