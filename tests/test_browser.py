@@ -1,5 +1,6 @@
 """JupyterLab in a real browser: the data tour, in the smoke profile, runs every cell without an
-error, its progress bars are widgets, its figures render unshrunk, and a screenshot is saved.
+error, its progress bars are widgets while they run and text once done, its figures render unshrunk,
+a screenshot is saved, and the saved notebook reads the same after its kernel is gone and the page reloads.
 
 Needs Chromium and its driver (Debian: ``apt-get install chromium chromium-driver``) and Selenium
 (the ``dev`` extra); skipped where any is missing. JupyterLab listens on the loopback only, with a
@@ -122,6 +123,9 @@ def browser(tmp_path: Path) -> Iterator[Any]:
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(executable_path=DRIVER), options=options)
+    # Headless Chromium gives the page no focus, and JupyterLab's current notebook follows focus: without it
+    # ``shell.currentWidget`` stays null and the notebook commands act on nothing.
+    driver.execute_cdp_cmd("Emulation.setFocusEmulationEnabled", {"enabled": True})
     driver.set_page_load_timeout(READY_S)
     driver.set_script_timeout(30)
     try:
@@ -145,6 +149,30 @@ return {
 };
 """
 
+WATCH_WIDGET_BARS = """
+window.widgetBarsSeen = false;
+new MutationObserver(() => {
+  if (document.querySelector('.jp-Notebook .widget-hprogress')) window.widgetBarsSeen = true;
+}).observe(document.body, {childList: true, subtree: true});
+"""
+
+SAVED = """
+const panel = window.jupyterapp.shell.currentWidget;
+return !!panel && !!panel.context && !panel.context.model.dirty;
+"""
+
+KERNEL_GONE = """
+const panel = window.jupyterapp.shell.currentWidget;
+return !!panel && !panel.sessionContext.session?.kernel;
+"""
+
+CELLS_SHOWN = """
+const app = window.jupyterapp;
+const panel = app && app.shell.currentWidget;
+if (!panel || !panel.content || !panel.context || !panel.context.isReady) return false;
+return panel.content.widgets.length > 0 && document.querySelectorAll('.jp-Notebook .jp-OutputArea-output').length > 0;
+"""
+
 IMAGES = """
 return Array.from(document.querySelectorAll('.jp-Notebook .jp-RenderedImage img')).map(img => ({
   complete: img.complete, natural: img.naturalWidth, shown: img.getBoundingClientRect().width}));
@@ -156,6 +184,7 @@ def test_the_data_tour_runs_in_jupyterlab_with_widgets_and_figures(lab, browser)
     browser.get(url)
     wait_for("the notebook open with an idle kernel",
              lambda: (browser.execute_script(NOTEBOOK_STATE) or {}).get("kernel") == "idle", READY_S)
+    browser.execute_script(WATCH_WIDGET_BARS)
     browser.execute_script("window.jupyterapp.commands.execute('notebook:run-all-cells');")
 
     def finished() -> dict | None:
@@ -180,6 +209,23 @@ def test_the_data_tour_runs_in_jupyterlab_with_widgets_and_figures(lab, browser)
 
     text = browser.find_element("css selector", ".jp-Notebook").text
     assert "IProgress not found" not in text and "TqdmWarning" not in text
-    assert browser.find_elements("css selector", ".jp-Notebook .widget-hprogress")  # data generation, as a widget
+    assert browser.execute_script("return window.widgetBarsSeen;")  # data generation, as a widget while it ran
+    assert not browser.find_elements("css selector", ".jp-Notebook .widget-hprogress")  # text once finished
     assert (tmp_path / "data" / "synth-msmt-tiny-seed0").is_dir()  # the smoke profile's tiny data
     assert json.loads((tmp_path / "tour" / "metrics.json").read_text())["profile"] == "smoke"
+
+    browser.execute_script("window.jupyterapp.commands.execute('docmanager:save');")
+    saved = tmp_path / "notebooks" / "00_data_tour.ipynb"
+    wait_for("the notebook saved", lambda: browser.execute_script(SAVED), 30)
+    outputs = [o for c in nbformat.read(saved, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert any("100%|" in o.get("data", {}).get("text/plain", "") for o in outputs), outputs
+
+    browser.execute_script("window.jupyterapp.shell.currentWidget.sessionContext.shutdown();")
+    wait_for("the kernel shut down", lambda: browser.execute_script(KERNEL_GONE), 30)
+    browser.refresh()  # as a reader opening the saved notebook later: no kernel holds the bars' widgets
+    wait_for("the saved notebook reopened", lambda: browser.execute_script(CELLS_SHOWN), READY_S)
+    reloaded = browser.find_element("css selector", ".jp-Notebook").text
+    browser.save_screenshot(str(SCREENSHOTS / "00_data_tour_smoke_reloaded.png"))
+    assert "Error displaying widget" not in reloaded and "model not found" not in reloaded
+    assert "100%|" in reloaded  # the finished bar, as the line of text it left

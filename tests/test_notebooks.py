@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -71,3 +72,36 @@ def test_the_data_tour_takes_its_sizes_and_domains_from_the_profile(tmp_path):
     grid = tour.identity_camera_grid(msmt, identities=2)  # 15 cameras: two lines of 8 per identity
     assert msmt.num_cams == 15 and len(grid.axes) == 2 * 2 * 8
     assert grid.get_size_inches()[0] <= 10.0
+
+
+def test_the_style_table_says_what_every_knob_does():
+    table = tour.style_table()
+    assert table["what it does"].notna().all(), list(table.loc[table["what it does"].isna(), "knob"])
+    assert all(sentence.endswith(".") and len(sentence.split()) >= 5 for sentence in table["what it does"])
+
+
+def test_notebook_prose_states_no_number_the_profile_sets():
+    """A number in prose that a profile changes goes stale: the notebooks read them from the configuration."""
+    from mmt_lib.config import resolve
+
+    cfg = resolve(stage="mmt", profile="synthetic")
+    settings = {cfg.mmt.epochs, cfg.mmt.iters, cfg.mmt.epochs * cfg.mmt.iters, cfg.pretrain.epochs, cfg.pretrain.iters,
+                cfg.data.batch_size}
+    for path in NOTEBOOKS:
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "markdown":
+                numbers = {int(n.replace(",", "")) for n in re.findall(r"(?<![\w.-])\d[\d,]*(?![\w.])", "".join(cell["source"]))}
+                assert not numbers & settings, (path.name, cell.get("id"), sorted(numbers & settings))
+                schedule = re.findall(r"\d[\d,]*\s*(?:x\s*\d[\d,]*\s*)?(?:epochs?|iterations?)\b", "".join(cell["source"]))
+                assert not schedule, (path.name, cell.get("id"), schedule)  # a schedule: the profile's to state
+
+
+def test_the_schedule_line_reads_the_profile():
+    from mmt_lib.config import resolve
+    from mmt_lib.experiments import reporting
+
+    cfg = resolve(stage="mmt", profile="synthetic")
+    line = reporting.describe_schedule(cfg)
+    m = cfg.mmt
+    assert f"{m.epochs} epochs x {m.iters} iterations = {m.epochs * m.iters:,} iterations" in line
+    assert "40 epochs x 400 iterations = 16,000 iterations, alpha_max 0.999" in line  # the paper's

@@ -50,24 +50,40 @@ PERSON_HEIGHT_LIMITS = (0.6, 1.3)
 """Person height / crop height of any image; above 1 the crop cuts off the head top and the feet."""
 
 
+KNOB_MEANINGS: dict[str, str] = {
+    "cameras": "How many cameras film the domain; each camera has its own light, tint and scene.",
+    "dark_clothing": "The chance that a garment is a dull colour (black, grey, navy) instead of a bright one.",
+    "hue_shift": "How far the bright clothing colours are turned around the colour wheel, so that red "
+                 "here is orange there.",
+    "saturation": "How vivid the bright clothing colours are: above 1 more vivid, below 1 more washed out.",
+    "lightness": "How much lighter (above 0) or darker (below 0) the bright clothing colours are.",
+    "coat": "The chance that a person wears a long coat.",
+    "summer": "The chance that a person wears shorts or a skirt instead of trousers.",
+    "backpack": "The chance that a person carries a backpack.",
+    "temperature": "The white balance of the light: -1 cool and blue, 0 neutral, +1 warm and orange.",
+    "brightness": "The range of how bright each image is lit, as a gain: 1 is unchanged.",
+    "contrast": "How strongly light and dark parts differ: above 1 more contrast, below 1 flatter.",
+    "camera_cast": "How strongly each camera tints every colour it films with its own colour cast.",
+    "camera_desaturation": "How much colour a camera may lose: 0 none, 1 a camera may film in grey.",
+    "backgrounds": "The kinds of scene (street, campus, indoor...) that the cameras look at.",
+    "texture": "How much fabric and scene texture is drawn: 0 flat colours.",
+    "noise": "How much grainy sensor noise each image has (0 none).",
+    "blur": "How out of focus the images are, as a blur radius in pixels.",
+    "downsample": "How much resolution is lost: the image is shrunk by this factor and enlarged back (1 none).",
+    "jpeg_quality": "The JPEG compression quality: lower values leave more blocky artefacts.",
+    "occlusion": "The chance that something hides part of the person.",
+    "scale": "The range of the person's height as a share of the image height: above 1 the head and feet "
+             "are cut off.",
+}
+"""One sentence per knob of the data tour's style table, for a reader who has not read the renderer."""
+
+
 @dataclass(frozen=True)
 class DomainStyle:
     """Every knob that makes one synthetic domain look unlike another (the domain gap, in one place).
 
-    Clothing (what people wear there): `dark_clothing` is the chance a garment is a neutral colour
-    (black, grey, navy...), `hue_shift` rotates the named clothing hues, `saturation` scales and
-    `lightness` offsets the chromatic ones, `coat`/`summer` are the chances of a long coat and of
-    shorts or a skirt, `backpack` the chance of a backpack.
-    Light and scene: `temperature` is the white balance (-1 cool/blue .. +1 warm/orange), `brightness`
-    the per-image illumination gain range, `contrast` scales around mid-grey, `camera_cast` how strongly
-    each camera tints colours, `camera_desaturation` how much colour a camera may lose (each camera
-    keeps 1 - camera_desaturation * U(0, 1) of its saturation), `backgrounds` the scene families
-    cameras are drawn from.
-    Sensor: `texture` is cloth and scene texture strength, `noise` the Gaussian sensor noise (0-1
-    scale), `blur` a Gaussian radius in saved pixels, `downsample` the resolution loss (the saved
-    image is shrunk by this factor and enlarged back), `jpeg_quality` the compression.
-    Framing: `occlusion` is the mean chance an image is partly occluded, `scale` the range of person
-    height / crop height (above 1: tight crops that cut off the top of the head and the feet).
+    Clothing (what people wear there), light and scene, the sensor, and the framing; ``KNOB_MEANINGS``
+    says in one sentence what each knob does, and the data tour shows it beside each domain's value.
     """
 
     dark_clothing: float

@@ -6,7 +6,7 @@ from typing import Any
 
 import pandas as pd
 
-from mmt_lib.config import RunConfig, num_clusters_origin
+from mmt_lib.config import MMTConfig, RunConfig, num_clusters_origin
 
 
 def results_table(metrics: dict[str, Any]) -> pd.DataFrame:
@@ -37,3 +37,21 @@ def headline_table(metrics: dict[str, Any]) -> pd.DataFrame:
         o = metrics["oracle"]
         rows[f"oracle (epoch {o['epoch']}, {o['network']})"] = [o[k] for k in keys]
     return pd.DataFrame.from_dict(rows, orient="index", columns=keys)
+
+
+def describe_schedule(cfg: RunConfig) -> str:
+    """A Markdown line: this run's Stage II length and its mean teacher's window, beside the paper's.
+
+    The window is about 1 / (1 - alpha_max) iterations: the span over which the temporal average
+    weighs a student's past weights (Eq. 7's E^(T)[theta]). Read from the configuration, so the
+    notebook's prose never states a number that a profile changes.
+    """
+    here, paper = cfg.mmt, MMTConfig()
+
+    def schedule(m: MMTConfig) -> str:
+        total = m.epochs * m.iters
+        window = 1.0 / (1.0 - m.max_alpha())
+        return (f"{m.epochs} epochs x {m.iters} iterations = {total:,} iterations, alpha_max {m.max_alpha():.4g}: "
+                f"each mean net averages about the last {window:,.0f} iterations ({window / total:.1%} of the run)")
+
+    return f"**Stage II here** ({cfg.profile}): {schedule(here)}. **The paper**: {schedule(paper)}."

@@ -13,8 +13,9 @@ from PIL import Image
 from mmt_lib.config import DOMAIN_DATASETS, PROFILES
 from mmt_lib.data import ReidDataset, load_dataset
 from mmt_lib.data.synthetic import DOMAINS
-from mmt_lib.runtime.paths import project_path
+from mmt_lib.data.synthetic_render import KNOB_MEANINGS
 from mmt_lib.figures.plots import image_grid
+from mmt_lib.runtime.paths import project_path
 
 
 def load_domains(names: list[str] | None, data_root: str, profile: str = "synthetic",
@@ -82,6 +83,9 @@ def domain_style_figure(datasets: list[ReidDataset], per_domain: int = 10, seed:
 
 
 def style_table() -> pd.DataFrame:
-    """Every rendering knob of the synthetic domains, side by side (the domain gap, made explicit)."""
-    return pd.DataFrame({name: {"cameras": spec.num_cams, **asdict(spec.style)} for name, spec in DOMAINS.items()}
-                        ).rename_axis("knob").reset_index()
+    """Every rendering knob of the synthetic domains, side by side (the domain gap, made explicit), with a
+    sentence saying what each knob does."""
+    table = pd.DataFrame({name: {"cameras": spec.num_cams, **asdict(spec.style)} for name, spec in DOMAINS.items()}
+                         ).rename_axis("knob").reset_index()
+    table["what it does"] = table["knob"].map(KNOB_MEANINGS)
+    return table

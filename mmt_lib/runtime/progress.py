@@ -6,6 +6,10 @@ the kernel is answering: an interactive front end (JupyterLab, VS Code) lets the
 (``allow_stdin``), a batch executor (papermill, nbclient) does not. The batch run gets text bars,
 which its saved notebook keeps as plain text.
 
+A widget lives only as long as its kernel: a saved notebook reopened later would show "Error
+displaying widget: model not found" where each bar was. So a widget bar, once closed, puts a line of
+text in its own place (``WidgetThenTextBar``): its last state if it stays, nothing if it does not.
+
 Where the output cannot move the cursor up (a notebook's output, a log file), a text bar that asks
 not to stay (``leave=False``) redraws the line of the bar it is nested in: tqdm's one-line-per-bar
 layout would print a new line on every update there. Such a bar with no bar around it stays, as
@@ -16,6 +20,7 @@ keeps its usual layout.
 from __future__ import annotations
 
 import sys
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,15 +39,46 @@ def interactive_front_end() -> bool:
     return bool(kernel.get_parent().get("content", {}).get("allow_stdin", False))
 
 
+@functools.cache
+def widget_then_text_bar() -> type[std.tqdm]:
+    """``WidgetThenTextBar``: ``tqdm.notebook.tqdm`` that leaves text, not a widget, in the saved notebook."""
+    from IPython import display as ipython_display
+    from tqdm.notebook import tqdm as widget_bar
+
+    class WidgetThenTextBar(widget_bar):
+        """A widget while it runs; once closed, its last state as a line of text in the same output."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            now = kwargs.get("delay", 0) <= 0
+            if now:
+                kwargs["display"] = False  # shown below, through a handle that can replace it
+            super().__init__(*args, **kwargs)
+            self._handle = None
+            if now and not self.disable:
+                self._handle = ipython_display.display(self.container, display_id=True)
+                self.displayed = True
+
+        def close(self) -> None:
+            if self.disable:
+                return
+            failed = bool(self.total and self.n < self.total)
+            super().close()
+            if self._handle is not None:
+                self._handle.update({"text/plain": str(self) if self.leave or failed else ""}, raw=True)
+                self._handle = None
+
+    return WidgetThenTextBar
+
+
 def bar_class() -> type[std.tqdm]:
-    """``tqdm.notebook.tqdm`` for an interactive front end with ipywidgets installed, else ``tqdm.std.tqdm``."""
+    """A widget bar (``widget_then_text_bar``) for an interactive front end with ipywidgets installed, else
+    ``tqdm.std.tqdm``."""
     if interactive_front_end():
         try:
             import ipywidgets  # noqa: F401  (tqdm.notebook degrades to text with a warning without it)
-            from tqdm.notebook import tqdm as widget_bar
+            return widget_then_text_bar()
         except ImportError:
             return std.tqdm
-        return widget_bar
     return std.tqdm
 
 
