@@ -26,7 +26,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmt_lib.data.transforms import (  # noqa: E402
-    build_test_transform, build_train_transform, torchvision_transform,
+    build_test_transform,
+    build_train_transform,
+    torchvision_transform,
 )
 
 CASES: dict[str, tuple[Callable, Callable]] = {

@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from reference import textbook_rerank
 from sklearn.metrics import average_precision_score
 
-from mmt_lib.evaluation.evaluate import (_rank_statistics_compiled, _rank_statistics_tensors,
-                                          evaluate_distance_blocks, evaluate_features, extract_features,
-                                          squared_euclidean)
+from mmt_lib.evaluation.evaluate import (_rank_statistics_compiled, _rank_statistics_tensors, evaluate_distance_blocks,
+                                          evaluate_features, extract_features, squared_euclidean)
 from mmt_lib.evaluation.rerank import evaluate_reranked, rerank_blocks
 
 

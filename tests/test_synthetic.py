@@ -16,17 +16,9 @@ from PIL import Image
 
 from mmt_lib.data import synthetic
 from mmt_lib.data.registry import load_dataset
-from mmt_lib.data.synthetic import (
-    DOMAINS, SIZES, ensure_domain, identity_counts, plan_domain, render_identity_grid, train_images_range,
-)
-from mmt_lib.data.synthetic_render import (
-    OUT_H,
-    OUT_W,
-    make_background,
-    make_cameras,
-    render_image,
-    sample_identity,
-)
+from mmt_lib.data.synthetic import (DOMAINS, SIZES, ensure_domain, identity_counts, plan_domain, render_identity_grid,
+                                    train_images_range)
+from mmt_lib.data.synthetic_render import OUT_H, OUT_W, make_background, make_cameras, render_image, sample_identity
 
 NAME = re.compile(r"(?P<pid>\d{4})_c(?P<cam>\d+)s1_(?P<frame>\d{6})_00\.jpg")
 SPLITS = ("bounding_box_train", "query", "bounding_box_test")

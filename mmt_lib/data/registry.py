@@ -13,7 +13,7 @@ from pathlib import Path
 from .base import ReidDataset
 from .dukemtmc import load_dukemtmc
 from .folder import load_folder
-from .market1501 import load_market_layout, load_market1501
+from .market1501 import load_market1501, load_market_layout
 from .msmt17 import load_msmt17
 
 

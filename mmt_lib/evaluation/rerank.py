@@ -38,8 +38,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from mmt_lib.runtime.compiled import numba, torch_threads
 from mmt_lib.evaluation.evaluate import ArrayLike, check_query_gallery, evaluate_distance_blocks, squared_euclidean
+from mmt_lib.runtime.compiled import numba, torch_threads
 
 _KNN_BLOCK = 2048
 _ROW_CHUNK = 2048

@@ -18,13 +18,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from mmt_lib.figures.analysis import flat_history
-from mmt_lib.runtime.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
-from mmt_lib.experiments.claims import claims_markdown, claims_table
 from mmt_lib.config import ABLATION_TASKS, ABLATION_VARIANTS, MAIN_VARIANTS
+from mmt_lib.experiments.claims import claims_markdown, claims_table
+from mmt_lib.experiments.studies import get_study, levels_of
+from mmt_lib.figures.analysis import flat_history
 from mmt_lib.figures.plot_style import metric_label, task_label, variant_label
 from mmt_lib.figures.plots import empty_figure, plot_results, save_figure
-from mmt_lib.experiments.studies import get_study, levels_of
+from mmt_lib.runtime.checkpoints import METRICS_FILE, read_metrics, write_text_atomic
 
 METRIC_COLUMNS = ["mAP", "top1", "top5", "top10"]
 

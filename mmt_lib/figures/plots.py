@@ -26,8 +26,8 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mmt_lib.config import ABLATION_VARIANTS
-from mmt_lib.figures.plot_style import (FAMILY_COLOURS, LINE_COLOURS, MAX_WIDTH_IN, MIN_FONT_PT, REFERENCE_GREY,
-                                        finish, metric_label, metric_scale, styled, task_label, variant_label)
+from mmt_lib.figures.plot_style import (FAMILY_COLOURS, LINE_COLOURS, MAX_WIDTH_IN, MIN_FONT_PT, REFERENCE_GREY, finish,
+                                        metric_label, metric_scale, styled, task_label, variant_label)
 from mmt_lib.method.stage0 import Stage0Config, class_images
 from mmt_lib.runtime.checkpoints import replacing
 

@@ -9,13 +9,13 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from mmt_lib.runtime import distributed
 from mmt_lib.config import DataConfig, RunConfig, RuntimeConfig
 from mmt_lib.data import ReidDataset, Sample, load_dataset
 from mmt_lib.data.decoded import DecodedImages, cache_dir, decode_once
 from mmt_lib.data.loaders import ImageDataset, build_test_loader
 from mmt_lib.data.transforms import build_test_transform
 from mmt_lib.evaluation.evaluate import evaluate_features, extract_features
+from mmt_lib.runtime import distributed
 from mmt_lib.runtime.paths import project_path
 
 

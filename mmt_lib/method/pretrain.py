@@ -17,21 +17,19 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from mmt_lib.method import provenance
-from mmt_lib.runtime import distributed
 from mmt_lib.config import PretrainConfig, RunConfig
 from mmt_lib.data.loaders import ImageDataset, IterLoader, build_shuffled_loader, build_train_loader
 from mmt_lib.data.transforms import build_train_transform
-from mmt_lib.method.engine import (
-    autocast, build_adam, check_finite, decoded_images, evaluate_model, load_task_datasets, prepare_model,
-    resolve_device, show_progress, training_module,
-)
+from mmt_lib.method import provenance
+from mmt_lib.method.engine import (autocast, build_adam, check_finite, decoded_images, evaluate_model,
+                                   load_task_datasets, prepare_model, resolve_device, show_progress, training_module)
 from mmt_lib.method.losses import label_smooth_cross_entropy, softmax_triplet
-from mmt_lib.models import build_model, share_initial_backbone
-from mmt_lib.runtime.paths import project_path
-from mmt_lib.runtime.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
 from mmt_lib.method.stage0 import resolve_pretrained
 from mmt_lib.method.trainer import evaluates_after, run_epochs
+from mmt_lib.models import build_model, share_initial_backbone
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.runtime.seeding import TARGET_ORDER_STREAM, derive_seed, seed_everything
 
 
 def learning_rate(p: PretrainConfig, epoch: int) -> float:

@@ -15,12 +15,7 @@ import torch.nn.functional as F
 from sklearn.cluster import DBSCAN
 
 from mmt_lib.evaluation.evaluate import check_features
-from mmt_lib.evaluation.rerank import (
-    jaccard_block,
-    k_reciprocal_encoding,
-    nearest_neighbours,
-    query_expansion,
-)
+from mmt_lib.evaluation.rerank import jaccard_block, k_reciprocal_encoding, nearest_neighbours, query_expansion
 
 
 def average_features(features_a: torch.Tensor, features_b: torch.Tensor) -> torch.Tensor:
