@@ -35,11 +35,12 @@ from typing import Any
 
 from mmt_lib.config import DOMAIN_DATASETS, PROFILES, TASKS
 from mmt_lib.experiments.collect import collect_grid, collect_study_runs
-from mmt_lib.experiments.plan import (check_configs, default_runs_dir, plan, run_hashes, run_state, select, study_plan,
-                                      with_parameters, with_stage0)
+from mmt_lib.experiments.plan import (Run, check_configs, check_parameters, default_runs_dir, plan, run_hashes,
+                                      run_state, select, study_plan, with_parameters, with_stage0)
 from mmt_lib.experiments.run import run_grid
 from mmt_lib.experiments.studies import STUDIES
 from mmt_lib.runtime import runlock
+from mmt_lib.runtime.commandline import Refusal, refuse
 from mmt_lib.runtime.paths import project_path
 
 
@@ -56,14 +57,19 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+PROG = "python -m mmt_lib.batch"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmt_lib.batch", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     what = {"plan": "list the runs of the plan with their state and hash",
             "run": "execute the runs of the plan that are not done",
             "collect": "tables and figures of the plan's done runs; give it the plan arguments run was given"}
-    for name in ("plan", "run", "collect"):
-        p = sub.add_parser(name, help=what[name], description=what[name])
+    for name in ("plan", "run", "collect"):  # one set of arguments: a command repeats with another verb
+        p = sub.add_parser(name, help=what[name], description=what[name],
+                           epilog="Every verb takes every argument, so that a command can be repeated with another "
+                                  "verb; --force, --fast, --jobs and --wait change only `run`.")
         p.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
         p.add_argument("--data", default=None, choices=sorted(DOMAIN_DATASETS),
                        help="the named tasks' datasets (default: the profile's)")
@@ -76,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                             "project folder")
         p.add_argument("--seeds", type=int, nargs="+", default=None, help="default: 1 (a study: its own seeds)")
         p.add_argument("--study", default=None, choices=sorted(STUDIES),
-                       help="run a named study of the protocol instead of the grid (mmt_lib.experiments.studies), into "
-                            "runs/studies/<study> unless --runs-dir says otherwise")
+                       help="run a named study of the protocol instead of the grid (mmt_lib.experiments.studies), "
+                            "into runs/studies/<study> unless --runs-dir says otherwise")
         p.add_argument("--tasks", nargs="+", default=None,
                        help=f"{', '.join(sorted(TASKS))} (default: all four), or SRC2TGT of any two datasets")
         p.add_argument("--source", default=None, help="a custom task's source dataset (with --target)")
@@ -87,40 +93,31 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--param", nargs="+", default=[],
                        help="NAME=VALUE given to every notebook that declares NAME; the notebooks run in the "
                             "project folder, so a relative path (data_root=...) starts there")
-        if name == "run":
-            p.add_argument("--force", action="store_true")
-            p.add_argument("--fast", action="store_true",
-                           help="let torch, oneDNN, MKL, faiss and numba pick this CPU's fastest kernels and threads: "
-                                "faster, but the metrics then differ between CPUs (results mark such runs)")
-            p.add_argument("--jobs", type=int, default=1)
-            p.add_argument("--wait", action="store_true",
-                           help="if another driver holds the runs folder, wait for it instead of refusing")
+        p.add_argument("--force", action="store_true", help="run: redo done runs too")
+        p.add_argument("--fast", action="store_true",
+                       help="run: let torch, oneDNN, MKL, faiss and numba pick this CPU's fastest kernels and "
+                            "threads: faster, but the metrics then differ between CPUs (results mark such runs)")
+        p.add_argument("--jobs", type=int, default=1, help="run: how many runs at a time")
+        p.add_argument("--wait", action="store_true",
+                       help="run: if another driver holds the runs folder, wait for it instead of refusing")
     args = parser.parse_args(argv)
-
-    params = _parse_params(args.param)
-    data, data_root = args.data or params.get("data"), args.data_root or params.get("data_root")
-    if args.study:
-        given = [flag for flag, value in (("--data", data), ("--data-root", data_root), ("--tasks", args.tasks),
-                                          ("--source", args.source), ("--param overrides", params.get("overrides")))
-                 if value]
-        if given:
-            raise SystemExit(f"--study {args.study} sets its own task and overrides per run; drop {', '.join(given)}")
-        runs_dir = args.runs_dir or f"runs/studies/{args.study}"
-        grid = study_plan(args.profile, runs_dir, args.study, args.seeds)
-    else:
-        runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
-        grid = plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root)
-    runs = with_parameters(with_stage0(select(grid, args.only, args.shard), params), params)
-    if args.command == "collect":
-        if args.study:
-            return collect_study_runs(args.study, project_path(runs_dir) / args.profile, runs)
-        return collect_grid(args.profile, project_path(runs_dir), runs)
-    check_configs(runs)
+    try:
+        runs, runs_dir = planned_runs(args)
+        if args.command == "collect":
+            if args.study:
+                return collect_study_runs(args.study, project_path(runs_dir) / args.profile, runs)
+            return collect_grid(args.profile, project_path(runs_dir), runs)
+        check_configs(runs)
+        check_parameters(runs)
+    except (ValueError, Refusal) as err:
+        return refuse(f"{PROG} {args.command}", err)
     if args.command == "plan":
         hashes = run_hashes(runs)
         for r in runs:
             print(f"{run_state(r, hashes[r.run_id]):10s}  {r.notebook:22s}  {r.run_id:40s}  {hashes[r.run_id]}")
         return 0
+    if args.jobs < 1:
+        return refuse(f"{PROG} run", f"--jobs must be 1 or more, got {args.jobs}")
     tic = time.perf_counter()
     try:
         with runlock.driver_lock(project_path(runs_dir) / args.profile, args.shard, args.wait):
@@ -140,13 +137,34 @@ def main(argv: list[str] | None = None) -> int:
               f"checkpoints): {', '.join(outcome.unfinished)}", file=sys.stderr)
         return 128 + outcome.stopped_by
     print(f"{len(runs)} runs in the plan, {len(outcome.failures)} failed, {time.perf_counter() - tic:.0f} s")
+    if (share := outcome.utilisation()) is not None:
+        print(f"{outcome.busy_seconds / 60:.1f} run-minutes in {outcome.wall_seconds / 60:.1f} min on "
+              f"{outcome.jobs} job(s): utilisation {share:.0%}")
     return 1 if outcome.failures else 0
+
+
+def planned_runs(args: argparse.Namespace) -> tuple[list[Run], str]:
+    """The runs the arguments name, with their parameters, and the runs folder they live under."""
+    params = _parse_params(args.param)
+    data, data_root = args.data or params.get("data"), args.data_root or params.get("data_root")
+    if args.study:
+        given = [flag for flag, value in (("--data", data), ("--data-root", data_root), ("--tasks", args.tasks),
+                                          ("--source", args.source), ("--param overrides", params.get("overrides")))
+                 if value]
+        if given:
+            raise Refusal(f"--study {args.study} sets its own task and overrides per run; drop {', '.join(given)}")
+        runs_dir = args.runs_dir or f"runs/studies/{args.study}"
+        grid = study_plan(args.profile, runs_dir, args.study, args.seeds)
+    else:
+        runs_dir = args.runs_dir or default_runs_dir(args.profile, data)
+        grid = plan(args.profile, runs_dir, args.seeds, _tasks(args), data, data_root)
+    return with_parameters(with_stage0(select(grid, args.only, args.shard), params), params), runs_dir
 
 
 def _tasks(args: argparse.Namespace) -> list[str | tuple[str, str]] | None:
     """``--tasks`` plus the ``--source``/``--target`` pair; ``None`` (every named task) when neither is given."""
     if (args.source is None) != (args.target is None):
-        raise SystemExit("--source and --target go together: give both dataset names, or neither")
+        raise Refusal("--source and --target go together: give both dataset names, or neither")
     pair = [(args.source, args.target)] if args.source else []
     return (args.tasks or []) + pair or None
 

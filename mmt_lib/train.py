@@ -17,56 +17,77 @@ import sys
 from pathlib import Path
 
 from mmt_lib import config
-from mmt_lib.method import provenance
-from mmt_lib.method.mmt import run_variant
+from mmt_lib.method.mmt import run_checked_variant, stage1_checkpoints
 from mmt_lib.method.pretrain import pretrain
 from mmt_lib.method.trainer import CHECKPOINT
 from mmt_lib.models import known_archs
 from mmt_lib.runtime import distributed
 from mmt_lib.runtime.checkpoints import ensure_writable, save_metrics
+from mmt_lib.runtime.commandline import Refusal, refuse
 from mmt_lib.runtime.paths import from_command_line
+
+PROG = "python -m mmt_lib.train"
+PATHS_HELP = "a relative path starts at the current directory"
+
+
+def pretrained_runs(dirs: list[str]) -> list[Path]:
+    """The checkpoints of the two ``--pretrained`` folders, each named in the refusal when it is not a Stage I run."""
+    checkpoints = []
+    for folder in dirs:
+        path = Path(folder) / CHECKPOINT
+        if not path.is_file():
+            why = "does not exist" if not Path(folder).exists() else f"holds no {CHECKPOINT}"
+            raise Refusal(f"--pretrained {folder} {why}: expected the --out folder of a finished "
+                          f"`{PROG} pretrain` run of the same task (with its {CHECKPOINT})")
+        checkpoints.append(path)
+    return checkpoints
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mmt_lib.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("stage", choices=["pretrain", "mmt"])
     parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
     parser.add_argument("--task", default="duke2market")
     parser.add_argument("--variant", default="mmt-kmeans", choices=list(config.VARIANTS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--data", default=None, choices=sorted(config.DOMAIN_DATASETS))
-    parser.add_argument("--data-root", default=None, help="a relative path starts at the project folder")
+    parser.add_argument("--data-root", default=None, help=f"the folder holding the datasets; {PATHS_HELP}")
     parser.add_argument("--source", default=None, help="dataset name, for a custom task (with --target)")
     parser.add_argument("--target", default=None)
     parser.add_argument("--arch", default=None, choices=known_archs(), help="backbone (default: the profile's)")
-    parser.add_argument("--imagenet-weights", default=None, help="local ImageNet weights file for the backbone")
+    parser.add_argument("--imagenet-weights", default=None,
+                        help=f"local ImageNet weights file for the backbone; {PATHS_HELP}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--pretrained", nargs=2, metavar="DIR",
-                        help="the two Stage I run folders of the same task (mmt only); relative paths start at "
-                             "the project folder")
+                        help=f"the two Stage I run folders of the same task (mmt only); {PATHS_HELP}")
     parser.add_argument("--overrides", default="{}", help='JSON, e.g. \'{"mmt": {"epochs": 10}}\'')
-    parser.add_argument("--out", required=True, help="output folder; a relative path starts at the project folder")
+    parser.add_argument("--out", required=True, help=f"output folder; {PATHS_HELP}")
     args = parser.parse_args(argv)
     out = from_command_line(args.out)
-    pretrained = [from_command_line(d) for d in args.pretrained] if args.pretrained else None
-    if args.stage == "mmt" and not pretrained:
-        parser.error("mmt needs --pretrained DIR1 DIR2 (the Stage I runs with seeds 1 and 2)")
-    try:  # every refusal before any data loads: settings, then the output folder
+    try:  # every refusal before any data loads and before --out exists: settings, Stage I runs, then --out
+        if args.stage == "mmt" and not args.pretrained:
+            raise Refusal("mmt needs --pretrained DIR1 DIR2: the --out folders of the task's two Stage I runs "
+                          f"(`{PROG} pretrain --seed 1` and `--seed 2`)")
         cfg = config.resolve(stage=args.stage, profile=args.profile, task=args.task, variant=args.variant,
                              seed=args.seed, data=args.data, data_root=from_command_line(args.data_root),
                              source=args.source, target=args.target, arch=args.arch,
                              pretrained=from_command_line(args.imagenet_weights), device=args.device,
                              overrides=config.parse_overrides(args.overrides))
-        ensure_writable(out)
+        stage1 = []
         if args.stage == "mmt":
-            provenance.check_pretrained(cfg, [Path(d) / CHECKPOINT for d in pretrained])
+            checkpoints = pretrained_runs([from_command_line(d) for d in args.pretrained])
+            try:
+                stage1 = stage1_checkpoints(cfg, [c.parent for c in checkpoints])
+            except ValueError as err:
+                raise Refusal(f"--pretrained: {err}") from None
+        ensure_writable(out)
     except (ValueError, FileNotFoundError) as err:
-        parser.error(str(err))
+        raise SystemExit(refuse(PROG, err)) from None
     if args.stage == "pretrain" and args.profile == "paper" and not args.imagenet_weights:
         print("warning: --profile paper without --imagenet-weights starts the backbone from random weights; "
               "the paper starts from ImageNet", file=sys.stderr)
     try:
-        metrics = pretrain(cfg, out) if args.stage == "pretrain" else run_variant(cfg, out, pretrained)
+        metrics = pretrain(cfg, out) if args.stage == "pretrain" else run_checked_variant(cfg, out, stage1)
         if distributed.is_main():
             path = save_metrics(out, metrics)
             print(f"mAP {metrics['mAP']:.4f}  top1 {metrics['top1']:.4f}  -> {path}")

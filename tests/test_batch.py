@@ -8,7 +8,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,10 +267,50 @@ def test_a_changed_parameter_changes_the_hash_downstream(tmp_path):
     assert base["data/tour/seed0"] == changed["data/tour/seed0"]
 
 
-def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(ValueError, match=r"\['lerning_rate'\] are declared by no notebook"):
-        batch.main(["run", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--param", "lerning_rate=1"])
+def one_line_refusal(capsys, *, names: str) -> str:
+    """The refusal a command printed: one line on stderr, naming what was refused; nothing on stdout."""
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and not out and "usage:" not in err, err
+    assert names in lines[0], lines[0]
+    return lines[0]
+
+
+def test_an_unknown_parameter_is_refused_before_anything_runs(tmp_path, capsys):
+    assert batch.main(["run", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"),
+                       "--param", "lerning_rate=1"]) == 2
+    line = one_line_refusal(capsys, names="['lerning_rate'] are declared by no notebook")
+    assert line.startswith("python -m mmt_lib.batch run: ")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb", ["plan", "run", "collect"])
+def test_every_verb_takes_the_arguments_run_was_given(tmp_path, capsys, verb):
+    """The README's "collect with the same arguments": the command a user ran repeats with another verb."""
+    args = [verb, "--profile", "smoke", "--jobs", "1", "--runs-dir", str(tmp_path / "runs"), "--only", "data/*",
+            "--param", f"data_root={tmp_path / 'data'}", "--wait", "--fast"]
+    if verb == "run":
+        args += ["--shard", "0/1"]
+        assert batch.main(args + ["--jobs", "0"]) == 2
+        one_line_refusal(capsys, names="--jobs must be 1 or more, got 0")
+        return
+    code = batch.main(args)
+    if verb == "collect":  # nothing has run yet, and it says so
+        assert code == 2
+        one_line_refusal(capsys, names=f"--runs-dir {tmp_path / 'runs'} holds no runs of profile 'smoke'")
+        return
+    assert code == 0 and "data/tour/seed0" in capsys.readouterr().out
+
+
+def test_every_verb_lists_the_same_options_in_its_help(capsys):
+    options = {}
+    for verb in ("plan", "run", "collect"):
+        with pytest.raises(SystemExit) as shown:
+            batch.main([verb, "--help"])
+        assert shown.value.code == 0
+        options[verb] = set(re.findall(r"^  (--[a-z-]+)", capsys.readouterr().out, re.M))
+    assert options["plan"] == options["run"] == options["collect"]
+    assert {"--jobs", "--force", "--fast", "--wait", "--only", "--param", "--runs-dir"} <= options["collect"]
 
 
 def test_shards_partition_the_grid_without_cutting_dependencies():

@@ -17,12 +17,13 @@ from typing import Any
 import psutil
 import pytest
 
-from mmt_lib import reproducible
-from mmt_lib.checkpoints import load_checkpoint
 from mmt_lib.config import resolve
-from mmt_lib.engine import load_task_datasets
-from mmt_lib.paths import PROJECT_ROOT
-from mmt_lib.runlock import LOCK_FILE
+from mmt_lib.experiments.schedule import RUN_SECONDS
+from mmt_lib.method.engine import load_task_datasets
+from mmt_lib.runtime import reproducible
+from mmt_lib.runtime.checkpoints import load_checkpoint
+from mmt_lib.runtime.paths import PROJECT_ROOT
+from mmt_lib.runtime.runlock import LOCK_FILE
 
 BOUND_S = 60
 """How long a stopped driver and its processes may take to end (they take a few seconds)."""
@@ -94,14 +95,16 @@ def still_running(processes: list[psutil.Process], timeout: float = BOUND_S) -> 
     return [f"{p.pid}: {command_line(p)}" for p in processes if running(p)]
 
 
-def stop(driver: subprocess.Popen, sig: signal.Signals, group: bool = False) -> tuple[list[psutil.Process], float]:
-    """Send ``sig`` (to the whole process group: a terminal's Ctrl-C) and wait for the driver to end."""
+def stop(driver: subprocess.Popen, sig: signal.Signals, group: bool = False) -> list[psutil.Process]:
+    """Send ``sig`` (to the whole process group: a terminal's Ctrl-C) and wait for the driver to end.
+
+    ``BOUND_S`` only tells a hung driver from a stopping one (``TimeoutExpired``); how fast it stops is
+    not asserted: that depends on the machine's load."""
     processes = descendants(driver.pid)
     assert any("ipykernel" in command_line(p) for p in processes), "no kernel was running"
-    tic = time.monotonic()
     (os.killpg if group else os.kill)(driver.pid, sig)
     driver.wait(BOUND_S)
-    return processes, time.monotonic() - tic
+    return processes
 
 
 def messages(tmp: Path) -> list[str]:
@@ -113,7 +116,7 @@ def messages(tmp: Path) -> list[str]:
 def numbers(metrics: dict[str, Any]) -> dict[str, Any]:
     """Metrics without what may differ between two runs of one configuration: timings, the run's hash and
     the driver's record of how it ran."""
-    out = {k: v for k, v in metrics.items() if k not in ("run_hash", "numerics")}
+    out = {k: v for k, v in metrics.items() if k not in ("run_hash", "numerics", RUN_SECONDS)}
     out["history"] = [{k: v for k, v in record.items() if k not in TIMING} for record in metrics["history"]]
     return out
 
@@ -132,11 +135,9 @@ def test_sigint_in_stage_two_starts_nothing_new_and_the_rerun_matches_an_uninter
     runs = tmp_path / "runs" / "smoke" / "duke2market"
     driver = start_driver(tmp_path, data_root, ["duke2market/mmt-kmeans/*", "duke2market/mmt-dbscan/*"])
     wait_for((runs / "mmt-kmeans/seed1/checkpoint.pt").exists, "Stage II checkpoint", driver, tmp_path)
-    processes, seconds = stop(driver, signal.SIGINT)
-    print(f"driver ended {seconds:.1f} s after SIGINT")
+    processes = stop(driver, signal.SIGINT)
 
     assert driver.returncode == 128 + signal.SIGINT
-    assert seconds < BOUND_S
     assert still_running(processes) == []
     [line] = messages(tmp_path)
     assert line.startswith("stopped by SIGINT")
@@ -162,11 +163,9 @@ def test_sigint_in_stage_two_starts_nothing_new_and_the_rerun_matches_an_uninter
 def test_a_stopped_driver_says_one_line_and_leaves_nothing_running(data_root, tmp_path, sig, group):
     driver = start_driver(tmp_path, data_root, ["duke2market/pretrain/*"])
     wait_for(kernel_running(driver), "kernel", driver, tmp_path)
-    processes, seconds = stop(driver, sig, group)
-    print(f"driver ended {seconds:.1f} s after {sig.name}")
+    processes = stop(driver, sig, group)
 
     assert driver.returncode == 128 + sig
-    assert seconds < BOUND_S
     assert still_running(processes) == []
     [line] = messages(tmp_path)  # no traceback from the driver, its workers or their kernels
     assert line.startswith(f"stopped by {sig.name}") and line.endswith(
@@ -178,7 +177,7 @@ def test_a_killed_driver_takes_its_workers_and_kernels_along_and_the_rerun_match
     run_dir = tmp_path / "runs/smoke/duke2market/pretrain/seed1"
     driver = start_driver(tmp_path, data_root, ["duke2market/pretrain/seed1"])
     wait_for((run_dir / "checkpoint.pt").exists, "Stage I checkpoint", driver, tmp_path)
-    processes, _ = stop(driver, signal.SIGKILL)
+    processes = stop(driver, signal.SIGKILL)
 
     assert still_running(processes) == []
     assert (tmp_path / f"runs/smoke/{LOCK_FILE}").read_text().startswith(f"pid {driver.pid} on ")

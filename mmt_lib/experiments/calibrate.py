@@ -40,15 +40,17 @@ import pandas as pd
 import torch
 
 from mmt_lib import config
-from mmt_lib.runtime import distributed, lifeline
 from mmt_lib.evaluation.label_quality import pseudo_label_quality
-from mmt_lib.runtime.checkpoints import remove_dead_temps, save_metrics, temp_token, write_json_atomic, write_text_atomic
 from mmt_lib.method.engine import load_named_dataset, prepare_model, resolve_device
 from mmt_lib.method.mmt import assign_pseudo_labels, embed_target, pseudo_label_seed
-from mmt_lib.runtime.paths import from_command_line, project_path
 from mmt_lib.method.pretrain import pretrain
-from mmt_lib.runtime.progress import tqdm
 from mmt_lib.method.trainer import CHECKPOINT, load_pretrained_network
+from mmt_lib.runtime import distributed, lifeline
+from mmt_lib.runtime.checkpoints import (remove_dead_temps, save_metrics, temp_token, write_json_atomic,
+                                         write_text_atomic)
+from mmt_lib.runtime.commandline import refuse
+from mmt_lib.runtime.paths import from_command_line, project_path
+from mmt_lib.runtime.progress import tqdm
 
 CRITERIA: dict[str, tuple[float | None, float | None]] = {
     "supervised_mAP": (0.80, None),
@@ -237,17 +239,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="synthetic", choices=sorted(config.PROFILES))
     parser.add_argument("--tasks", nargs="+", default=None, choices=sorted(config.TASKS))
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--data-root", default=None, help="relative to the current directory (default: <project>/data)")
+    parser.add_argument("--data-root", default=None, help="a relative path starts at the current directory (default: <project>/data)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--out", default=None,
-                        help="relative to the current directory (default: <project>/runs/<profile>/calibration)")
+                        help="a relative path starts at the current directory (default: <project>/runs/<profile>/calibration)")
     parser.add_argument("--overrides", default="{}",
                         help='JSON applied to every run, e.g. \'{"pretrain": {"epochs": 60, "milestones": [42]}}\'')
     args = parser.parse_args(argv)
     try:
         overrides = config.parse_overrides(args.overrides)
     except ValueError as err:
-        parser.error(str(err))
+        raise SystemExit(refuse(parser.prog, err)) from None
     out = default_out_dir(args.profile) if args.out is None else Path(from_command_line(args.out))
     tic = time.perf_counter()
     table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, from_command_line(args.data_root),

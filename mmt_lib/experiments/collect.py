@@ -8,6 +8,7 @@ from pathlib import Path
 from mmt_lib.experiments.notebook import execute_notebook
 from mmt_lib.experiments.plan import Run, run_hashes, run_state
 from mmt_lib.runtime.checkpoints import METRICS_FILE, read_metrics
+from mmt_lib.runtime.commandline import Refusal
 from mmt_lib.runtime.paths import project_path
 
 
@@ -17,7 +18,8 @@ def collect_grid(profile: str, runs_dir: Path, runs: list[Run]) -> int:
 
     profile_dir = runs_dir / profile
     if not profile_dir.is_dir():
-        raise SystemExit(f"no runs for profile {profile!r} under {profile_dir}: run `batch run` first")
+        raise Refusal(f"--runs-dir {runs_dir} holds no runs of profile {profile!r} (no folder {profile_dir}): "
+                      "`batch run` with the same arguments first")
     hashes = run_hashes(runs)
     states = {r.run_id: run_state(r, hashes[r.run_id]) for r in runs}
     current = [r.run_id for r in runs if states[r.run_id] == "done"]

@@ -16,12 +16,13 @@ import shutil
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmt_lib.experiments.notebook import _KERNELS, execute_notebook
-from mmt_lib.experiments.plan import RUN_RECORD, Run, check_parameters, is_done, run_hashes
+from mmt_lib.experiments.plan import RUN_RECORD, Run, is_done, run_hashes
+from mmt_lib.experiments.schedule import RUN_SECONDS, expected_seconds, start_order
 from mmt_lib.runtime import lifeline, reproducible
 from mmt_lib.runtime.checkpoints import METRICS_FILE, read_metrics, write_json_atomic
 from mmt_lib.runtime.paths import project_path
@@ -51,6 +52,7 @@ def execute(run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
     params = {k: v for k, v in run.parameters.items() if k != "group"}
     output = out_dir / f"{run.notebook}.ipynb"
+    tic = time.perf_counter()
     try:
         execute_notebook(run.notebook, output, params)
     except PapermillExecutionError as err:
@@ -68,6 +70,7 @@ def execute(run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu:
         return {"run": run.run_id, "notebook": str(output), "cell": None, "error": str(err)}
     metrics["run_hash"] = run_hash
     metrics["numerics"] = numerics
+    metrics[RUN_SECONDS] = time.perf_counter() - tic
     write_json_atomic(metrics_path, metrics)
     return None
 
@@ -107,6 +110,7 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     results: multiprocessing.connection.Connection
     slot: int
+    started: float = field(default_factory=time.monotonic)
 
     def outcome(self, run: Run) -> dict[str, Any] | None:
         if self.results.poll():
@@ -145,12 +149,22 @@ class Outcome:
     finished: list[str]
     unfinished: list[str]
     stopped_by: int | None = None
+    busy_seconds: float = 0.0
+    """The workers' time, start to end, summed over every run this call executed."""
+    wall_seconds: float = 0.0
+    jobs: int = 1
+
+    def utilisation(self) -> float | None:
+        """The share of the ``jobs`` workers' wall time that ran a notebook; None when nothing ran."""
+        return self.busy_seconds / (self.jobs * self.wall_seconds) if self.busy_seconds and self.wall_seconds else None
 
 
 def run_grid(
     runs: list[Run], force: bool = False, jobs: int = 1, progress: bool = True, fast: bool = False
 ) -> Outcome:
-    """Execute what is not done, up to ``jobs`` at a time; a run starts once its upstream runs are done.
+    """Execute what is not done, up to ``jobs`` at a time; a run starts once its upstream runs are done, and
+    among the ready runs, the one with the most work left along its chain of downstream runs starts first
+    (``mmt_lib.experiments.schedule``).
 
     Every notebook runs in reproducible mode (``mmt_lib.runtime.reproducible``: the same metrics on any
     x86-64 CPU) unless ``fast``, which lets the libraries pick their fastest kernels for this CPU.
@@ -158,7 +172,8 @@ def run_grid(
     On SIGINT or SIGTERM no further run starts and the running ones are stopped, their kernels with
     them; what they checkpointed stays, so the same command resumes them.
     """
-    check_parameters(runs)
+    tic = time.monotonic()
+    busy = 0.0
     with _StopRequest() as stop:
         hashes = run_hashes(runs)
         todo = [r for r in runs if force or not is_done(r, hashes[r.run_id])]
@@ -171,7 +186,7 @@ def run_grid(
         gpus = _visible_gpus() if todo else []
         bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="runs", unit="run", disable=not progress)
         context = multiprocessing.get_context("spawn")
-        pending = list(todo)
+        pending = start_order(todo, expected_seconds(runs))
         running: dict[str, _Worker] = {}
         by_id = {r.run_id: r for r in runs}
         while (pending or running) and stop.signum is None:
@@ -194,6 +209,7 @@ def run_grid(
                 if worker.process.exitcode is None:
                     continue
                 del running[run_id]
+                busy += time.monotonic() - worker.started
                 failure = worker.outcome(by_id[run_id])
                 if failure:
                     failed.add(run_id)
@@ -205,7 +221,8 @@ def run_grid(
         if stop.signum is not None:
             _stop_workers(list(running.values()))
         bar.close()
-    return Outcome(failures, finished, [r.run_id for r in runs if r.run_id not in done], stop.signum)
+    return Outcome(failures, finished, [r.run_id for r in runs if r.run_id not in done], stop.signum,
+                   busy, time.monotonic() - tic, jobs)
 
 
 def _start_worker(context: Any, run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu: str | None,

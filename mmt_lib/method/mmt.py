@@ -28,27 +28,28 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmt_lib.method import provenance
-from mmt_lib.runtime import distributed
-from mmt_lib.evaluation.label_quality import pseudo_label_quality
-from mmt_lib.runtime.checkpoints import save_arrays_atomic
 from mmt_lib.config import MMTConfig, RunConfig, RuntimeConfig, num_clusters_origin
 from mmt_lib.data import ReidDataset
 from mmt_lib.data.loaders import ImageDataset, IterLoader, TwoViewDataset, build_test_loader, build_train_loader
 from mmt_lib.data.transforms import build_test_transform, build_train_transform
-from mmt_lib.method.engine import (
-    autocast, build_adam, check_finite, decoded_images, evaluate_model, load_named_dataset, prepare_model,
-    resolve_device, show_progress, training_module, uses_bf16,
-)
 from mmt_lib.evaluation.evaluate import extract_features
+from mmt_lib.evaluation.label_quality import pseudo_label_quality
+from mmt_lib.method import provenance
+from mmt_lib.method.engine import (autocast, build_adam, check_finite, decoded_images, evaluate_model,
+                                   load_named_dataset, prepare_model, resolve_device, show_progress, training_module,
+                                   uses_bf16)
 from mmt_lib.method.losses import label_smooth_cross_entropy, soft_cross_entropy, soft_softmax_triplet, softmax_triplet
-from mmt_lib.models import ReidNet
-from mmt_lib.runtime.paths import project_path
-from mmt_lib.runtime.progress import tqdm
-from mmt_lib.method.pseudo_labels import average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance, kmeans, relabel
-from mmt_lib.runtime.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
+from mmt_lib.method.provenance import Stage1Checkpoint
+from mmt_lib.method.pseudo_labels import (average_features, cluster_centroids, dbscan, dbscan_eps, jaccard_distance,
+                                          kmeans, relabel)
 from mmt_lib.method.teachers import create_mean_teacher, update_mean_teacher
 from mmt_lib.method.trainer import CHECKPOINT, evaluates_after, load_pretrained_network, run_epochs
+from mmt_lib.models import ReidNet
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.checkpoints import save_arrays_atomic
+from mmt_lib.runtime.paths import project_path
+from mmt_lib.runtime.progress import tqdm
+from mmt_lib.runtime.seeding import CLUSTERING_STREAM, derive_seed, seed_everything
 
 EMBEDDINGS = "embeddings"
 ORACLE_NOTE = "selected by target-test mAP, which uses target labels: not a valid unsupervised result"
@@ -156,14 +157,13 @@ def check_enough_clusters(labels: np.ndarray, cfg: RunConfig, eps: float | None)
                      f"(data.batch_size / data.num_instances): {fix}")
 
 
-def init_classifiers(networks: Networks, features: torch.Tensor, labels: np.ndarray, device: torch.device) -> int:
+def init_classifiers(networks: Networks, features: torch.Tensor, labels: np.ndarray, device: torch.device) -> None:
     """Step 3: every classifier starts from the L2-normalised centroids of the new clusters."""
     centroids = cluster_centroids(features, labels).to(device)
     for net in networks.all():
         net.reset_classifier(centroids)
     for net in networks.means:
         net.classifier.weight.requires_grad_(False)
-    return int(centroids.shape[0])
 
 
 def soft_targets(
@@ -244,7 +244,11 @@ def train_epoch(
 # ---------------------------------------------------------------- the whole stage
 
 
-def build_networks(cfg: RunConfig, pretrained: tuple[str | Path, str | Path], device: torch.device) -> Networks:
+Pretrained = tuple[str | Path | Stage1Checkpoint, str | Path | Stage1Checkpoint]
+"""The two Stage I checkpoints of a Stage II run: paths, or checkpoints already read (``provenance.read_stage1``)."""
+
+
+def build_networks(cfg: RunConfig, pretrained: Pretrained, device: torch.device) -> Networks:
     """Two students from the two Stage I checkpoints; their mean nets start as exact copies."""
     if len(pretrained) != 2:
         raise ValueError(f"MMT needs two Stage I checkpoints (seeds 1 and 2), got {len(pretrained)}")
@@ -254,9 +258,7 @@ def build_networks(cfg: RunConfig, pretrained: tuple[str | Path, str | Path], de
     return Networks(students, means)
 
 
-def train_mmt(
-    cfg: RunConfig, out_dir: str | Path, pretrained: tuple[str | Path, str | Path], resume: bool = True
-) -> dict[str, Any]:
+def train_mmt(cfg: RunConfig, out_dir: str | Path, pretrained: Pretrained, resume: bool = True) -> dict[str, Any]:
     """Run Stage II for ``cfg.mmt.epochs`` epochs, checkpointing each; returns the run's metrics.
 
     Model selection is label-free: the reported numbers are mean net 1 after the last epoch. The
@@ -343,7 +345,7 @@ def cluster_count(cfg: RunConfig) -> dict[str, Any]:
     return {"num_clusters": cfg.mmt.num_clusters, "num_clusters_from": num_clusters_origin(cfg)}
 
 
-def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
+def evaluate_direct(cfg: RunConfig, pretrained: str | Path | Stage1Checkpoint) -> dict[str, Any]:
     """Table 2, row 1: the Stage I network applied to the target as it is (no adaptation)."""
     device = distributed.init(resolve_device(cfg.runtime.device))
     target = load_named_dataset(cfg.data, cfg.data.target)
@@ -360,8 +362,17 @@ def evaluate_direct(cfg: RunConfig, pretrained: str | Path) -> dict[str, Any]:
 
 def run_variant(cfg: RunConfig, out_dir: str | Path, pretrained_dirs: list[str]) -> dict[str, Any]:
     """The run a batch grid cell means: ``direct`` evaluates Stage I network 1, every other variant trains."""
-    checkpoints = [project_path(d) / CHECKPOINT for d in pretrained_dirs]
-    provenance.check_pretrained(cfg, checkpoints)
+    return run_checked_variant(cfg, out_dir, stage1_checkpoints(cfg, pretrained_dirs))
+
+
+def stage1_checkpoints(cfg: RunConfig, pretrained_dirs: list[str | Path]) -> list[Stage1Checkpoint]:
+    """The Stage I checkpoints of the run folders ``pretrained_dirs``, read once and checked against the run
+    (``provenance.check_pretrained``) before any data loads; ``direct`` reads the first alone."""
+    return provenance.check_pretrained(cfg, [project_path(d) / CHECKPOINT for d in pretrained_dirs])
+
+
+def run_checked_variant(cfg: RunConfig, out_dir: str | Path, stage1: list[Stage1Checkpoint]) -> dict[str, Any]:
+    """``run_variant`` on Stage I checkpoints already read and checked (``stage1_checkpoints``)."""
     if cfg.variant == "direct":
-        return evaluate_direct(cfg, checkpoints[0])
-    return train_mmt(cfg, project_path(out_dir), tuple(checkpoints))
+        return evaluate_direct(cfg, stage1[0])
+    return train_mmt(cfg, project_path(out_dir), (stage1[0], stage1[1]))

@@ -48,6 +48,7 @@ from mmt_lib.data.decoded import cache_dir, locked
 from mmt_lib.models import known_archs
 from mmt_lib.models.backbones import build_backbone
 from mmt_lib.runtime.checkpoints import replacing, write_json_atomic
+from mmt_lib.runtime.commandline import refuse
 from mmt_lib.runtime.paths import project_path
 from mmt_lib.runtime.progress import tqdm, trange
 
@@ -454,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmt_lib.stage0",
                                      description="build (or find) the Stage 0 start of a profile and print its path")
     parser.add_argument("--profile", default="synthetic", choices=sorted(PROFILES))
-    parser.add_argument("--data-root", default=None, help="the cache lives under it (default: the profile's data root)")
+    parser.add_argument("--data-root", default=None, help="the cache lives under it (default: the profile's data root); a relative path starts at the "
+                        "current directory")
     parser.add_argument("--seed", type=int, default=None, help="the start's seed (default: model.backbone_seed)")
     parser.add_argument("--family", default=None, choices=FAMILIES, help="the images (default: the profile's)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -469,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         s0 = stage0_config(cfg)
         s0 = dataclasses.replace(s0, family=args.family) if args.family else s0
     except ValueError as err:
-        parser.error(str(err))
+        raise SystemExit(refuse(parser.prog, err)) from None
     path = ensure_start(s0, cache_root(cfg.data.data_root), progress=not args.quiet)
     report = read_report(path)
     print(f"held-out accuracy {report['held_out_accuracy']:.3f} (chance {report['chance_accuracy']:.3f}), "

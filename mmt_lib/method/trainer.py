@@ -16,11 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmt_lib.runtime import distributed
-from mmt_lib.runtime.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.config import RunConfig
 from mmt_lib.method.engine import show_progress
+from mmt_lib.method.provenance import Stage1Checkpoint, read_stage1
 from mmt_lib.models import ReidNet, build_model
+from mmt_lib.runtime import distributed
+from mmt_lib.runtime.checkpoints import load_checkpoint, save_checkpoint
 from mmt_lib.runtime.progress import trange
 from mmt_lib.runtime.seeding import seed_everything
 
@@ -78,13 +79,12 @@ def evaluates_after(epoch: int, every: int, epochs: int) -> bool:
     return (epoch + 1) % every == 0 or epoch + 1 == epochs
 
 
-def load_pretrained_network(path: str | Path, arch: str | None = None) -> ReidNet:
-    """A Stage I network from its checkpoint (``weights_only``), checking the architecture when given."""
-    state = load_checkpoint(path)
-    if state.get("stage") != "pretrain":
-        raise ValueError(f"{path} is not a Stage I checkpoint (stage={state.get('stage')!r})")
+def load_pretrained_network(source: str | Path | Stage1Checkpoint, arch: str | None = None) -> ReidNet:
+    """A Stage I network from its checkpoint, read here unless already read, checking the architecture when given."""
+    checkpoint = read_stage1(source)
+    state = checkpoint.state
     if arch is not None and state["arch"] != arch:
-        raise ValueError(f"{path} holds a {state['arch']!r} network but the run asks for model.arch={arch!r}")
+        raise ValueError(f"{checkpoint.path} holds a {state['arch']!r} network but the run asks for model.arch={arch!r}")
     net = build_model(state["arch"], state["num_classes"])
     net.load_state_dict(state["model"])
     return net

@@ -23,6 +23,9 @@ from __future__ import annotations
 import platform
 from typing import Any
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+"""The thread counts of OpenMP (torch, faiss), MKL, OpenBLAS and numba."""
+
 PINNED_ENV: dict[str, str] = {
     "ATEN_CPU_CAPABILITY": "avx2",
     "ONEDNN_MAX_CPU_ISA": "AVX2",
@@ -31,14 +34,9 @@ PINNED_ENV: dict[str, str] = {
     "OPENBLAS_CORETYPE": "Haswell",
     "FAISS_OPT_LEVEL": "avx2",
     "NUMBA_CPU_NAME": "haswell",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "NUMBA_NUM_THREADS": "1",
+    **{name: "1" for name in THREAD_VARIABLES},
 }
 """What reproducible mode sets in every run's process before any library loads."""
-
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
 
 
 def numerics(reproducible: bool, threads: int) -> dict[str, Any]:
