@@ -3,7 +3,7 @@
 A study is a task, a few variants and *factors*: each factor has named levels, and each level is
 a set of overrides. Every combination of levels is run for every variant it affects and every seed;
 the first level of each factor is the profile as it stands. The batch driver runs a study with
-``python -m mmt_lib.batch run --study NAME`` (``batch.study_plan``) and ``results.study_table``
+``python -m mmt_lib.batch run --study NAME`` (``experiments.plan.study_plan``) and ``results.study_table``
 reads it back.
 
 ``what-mmt-needs`` is the teaching point of the project: MMT's soft labels come from a peer that
