@@ -22,6 +22,9 @@ checkpoint and starts changed ones afresh; ``collect`` reports done runs only.
 run, stop the running ones and their kernels, and end the driver within seconds, saying what to
 rerun; its workers and their kernels also end when the driver is killed (``mmt_lib.runtime.lifeline``).
 papermill, pyzmq and jupyter_client are imported only where a notebook executes.
+
+This module is the command line; each verb's work lives in ``mmt_lib.experiments``: ``plan``, ``run``
+(with ``schedule``, the order runs start in) and ``collect``.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ from mmt_lib.runtime import runlock
 from mmt_lib.runtime.commandline import Refusal, refuse
 from mmt_lib.runtime.paths import project_path
 
+PROG = "python -m mmt_lib.batch"
+
 
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
     params = {}
@@ -56,8 +61,6 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
             params[name] = raw
     return params
 
-
-PROG = "python -m mmt_lib.batch"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,7 @@ from mmt_lib.experiments.plan import NOTEBOOKS
 from mmt_lib.runtime import lifeline
 from mmt_lib.runtime.paths import PROJECT_ROOT
 
-_KERNELS: list[Any] = []
+STARTED_KERNELS: list[Any] = []
 """The kernel managers this worker process started, so that a stop can take their kernels along."""
 
 
@@ -39,7 +39,7 @@ def _kernel_manager_class() -> type:
         async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
             kw["preexec_fn"] = lifeline.dying_with_parent(signal.SIGKILL)
             await super()._async_launch_kernel(kernel_cmd, **kw)
-            _KERNELS.append(self)
+            STARTED_KERNELS.append(self)
 
     return KernelManager
 

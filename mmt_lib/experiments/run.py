@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mmt_lib.experiments.notebook import _KERNELS, execute_notebook
+from mmt_lib.experiments.notebook import STARTED_KERNELS, execute_notebook
 from mmt_lib.experiments.plan import RUN_RECORD, Run, is_done, run_hashes
 from mmt_lib.experiments.schedule import RUN_SECONDS, expected_seconds, start_order
 from mmt_lib.runtime import lifeline, reproducible
@@ -93,7 +93,7 @@ def _work(run: Run, run_hash: str, force: bool, numerics: dict[str, Any], gpu: s
 
 def _end_worker(signum: int, frame: Any) -> None:
     """Stop this worker's kernel (its whole process group) and leave at once, without a traceback."""
-    for manager in _KERNELS:
+    for manager in STARTED_KERNELS:
         process = manager.provisioner.process if manager.provisioner else None
         try:
             if process is not None and process.poll() is None:
