@@ -1,10 +1,8 @@
 """The papermill batch driver: ``python -m mmt_lib.batch {plan,run,collect}``.
 
-``plan`` expands a profile's grid: the four tasks x {direct, baseline, mmt-kmeans, mmt-dbscan},
-the Table 2 variants on duke2market and market2duke, x seeds, with the Stage I runs they need
-(MMT seed k trains the Stage I pair with seeds 2k-1 and 2k; k = 1 gives the paper's seeds 1 and 2)
-and one pseudo-label-noise notebook per task and seed. Each run executes one notebook with
-papermill into ``runs/<profile>/<task>/<variant>/seed<k>/``.
+``plan`` lists a profile's grid (the four tasks, the Table 2 variants, the Stage I runs they need and
+one noise notebook per task and seed: ``mmt_lib.experiments.plan``); each run executes one notebook
+with papermill into ``runs/<profile>/<task>/<variant>/seed<k>/``.
 
 Your own data: ``--data real --data-root DIR`` runs the named tasks on the real datasets under DIR
 (into ``runs/real/<profile>/`` on a profile of synthetic data, unless ``--runs-dir`` says otherwise);
