@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from mmt_lib import config
-from mmt_lib.method.mmt import run_checked_variant, stage1_checkpoints
+from mmt_lib.method import provenance
+from mmt_lib.method.mmt import run_checked_variant
 from mmt_lib.method.pretrain import pretrain
 from mmt_lib.method.trainer import CHECKPOINT
 from mmt_lib.models import known_archs
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.stage == "mmt":
             checkpoints = pretrained_runs([from_command_line(d) for d in args.pretrained])
             try:
-                stage1 = stage1_checkpoints(cfg, [c.parent for c in checkpoints])
+                stage1 = provenance.check_pretrained(cfg, checkpoints)
             except ValueError as err:
                 raise Refusal(f"--pretrained: {err}") from None
         ensure_writable(out)
