@@ -18,23 +18,29 @@ from mmt_lib.experiments import calibrate
 from mmt_lib.runtime.paths import PROJECT_ROOT
 
 
-def test_cells_are_one_direct_run_per_task_and_one_supervised_run_per_target():
-    cells = calibrate.calibration_cells("smoke", ["duke2market", "market2msmt", "duke2msmt"], seed=3)
+def test_cells_are_a_stage1_pair_and_a_baseline_per_task_and_one_supervised_run_per_target():
+    cells = calibrate.calibration_cells("smoke", ["duke2market", "market2msmt"], seed=3)
     names = [c.name for c in cells]
-    assert names == ["direct/duke2market", "direct/market2msmt", "direct/duke2msmt",
+    assert names == ["direct/duke2market", "peer/duke2market", "baseline/duke2market",
+                     "direct/market2msmt", "peer/market2msmt", "baseline/market2msmt",
                      "supervised/synth-market", "supervised/synth-msmt"]
+    by_name = {c.name: c for c in cells}
+    assert [by_name[n].cfg.seed for n in ("direct/duke2market", "peer/duke2market")] == [3, 4]
+    baseline = by_name["baseline/duke2market"]
+    assert (baseline.cfg.stage, baseline.cfg.variant, baseline.cfg.seed) == ("mmt", "baseline", 2)
+    assert baseline.needs == ("direct/duke2market", "peer/duke2market")
     for cell in cells:
-        assert cell.cfg.stage == "pretrain" and cell.cfg.seed == 3
-        if cell.name.startswith("supervised/"):
-            assert cell.cfg.data.source == cell.cfg.data.target
-    direct = cells[1].cfg
+        assert cell.cfg.stage == ("mmt" if cell.kind == "baseline" else "pretrain")
+        if cell.kind == "supervised":
+            assert cell.cfg.data.source == cell.cfg.data.target and cell.cfg.seed == 3
+    direct = by_name["direct/market2msmt"].cfg
     assert (direct.data.source, direct.data.target) == ("synth-market", "synth-msmt")
 
 
 def test_overrides_change_every_cell_and_keep_runs_quiet():
     overrides = {"pretrain": {"epochs": 5}, "runtime": {"device": "cpu"}}
     cells = calibrate.calibration_cells("smoke", ["duke2market"], overrides=overrides)
-    assert [c.cfg.pretrain.epochs for c in cells] == [5, 5]
+    assert [c.cfg.pretrain.epochs for c in cells] == [5, 5, 5, 5]
     assert all(c.cfg.runtime.device == "cpu" and not c.cfg.runtime.progress for c in cells)
     assert overrides == {"pretrain": {"epochs": 5}, "runtime": {"device": "cpu"}}  # the caller's dict untouched
 
@@ -63,6 +69,10 @@ def summary(cell, target, mAP, nmi=None, task="duke2market"):
     return s
 
 
+def baseline(task, mAP, cosine=0.9, gain=0.0):
+    return {**summary(f"baseline/{task}", "t", mAP, task=task), "pair_cosine": cosine, "late_gain": gain}
+
+
 def test_table_checks_every_band_at_its_edges():
     """Bands are ``low <= x < high``, as the issue words them: "at least 80", "below 0.85"."""
     summaries = [
@@ -72,6 +82,10 @@ def test_table_checks_every_band_at_its_edges():
         summary("direct/d", "t1", 0.149, 0.2, task="d"),
         summary("supervised/t1", "t1", 0.80),
         summary("supervised/t2", "t2", 0.799),
+        baseline("a", 0.449 + 0.3501 * (0.80 - 0.449), cosine=0.70, gain=0.0099),
+        baseline("b", 0.45 + 0.65 * (0.799 - 0.45), cosine=0.699, gain=0.01),
+        baseline("c", 0.5, gain=float("nan")),
+        baseline("d", 0.5),
     ]
     table = calibrate.calibration_table(summaries)
     assert list(table["task"]) == ["a", "b", "c", "d"]
@@ -79,10 +93,35 @@ def test_table_checks_every_band_at_its_edges():
     assert list(table["supervised_mAP_ok"]) == [True, False, True, True]
     assert list(table["direct_mAP_ok"]) == [True, False, True, False]
     assert list(table["kmeans_nmi_ok"]) == [True, True, False, True]
+    assert list(table["pair_cosine_ok"]) == [True, False, True, True]
+    assert table["baseline_gap_share"].tolist() == pytest.approx([0.3501, 0.65, 0.35 / 0.65, 0.351 / 0.651])
+    assert list(table["baseline_gap_share_ok"]) == [True, False, True, True]
+    assert list(table["baseline_late_gain_ok"]) == [True, False, False, True]
     assert list(table["calibrated"]) == [True, False, False, False]
     md = calibrate.to_markdown(table)
     assert "supervised_mAP (≥ 80)" in md and "direct_mAP (15 ≤ x < 45)" in md and "kmeans_nmi (< 0.85)" in md
+    assert "pair_cosine (≥ 0.7)" in md and "baseline_gap_share (0.35 ≤ x < 0.65)" in md
+    assert "baseline_late_gain (< 1)" in md and "1.0 ✗" in md and "nan ✗" in md
     assert "79.9 ✗" in md and "0.849 ✓" in md and "0.850 ✗" in md and "45.0 ✗" in md
+
+
+def recorded_history(curve, every=3):
+    """A Stage II history as ``train_mmt`` records it: net 1's mAP after each evaluated epoch (from 0)."""
+    return [{"epoch": e, **({"net1": {"mAP": curve[e]}} if (e + 1) % every == 0 or e + 1 == len(curve) else {})}
+            for e in range(len(curve))]
+
+
+def test_late_gain_reads_the_last_fifth_of_a_recorded_history():
+    climbing = [0.3 + 0.01 * e for e in range(30)]  # +1 mAP an epoch to the end
+    plateau = [min(0.6, 0.3 + 0.02 * e) for e in range(30)]  # flat from epoch 15
+    assert calibrate.late_gain(recorded_history(climbing), 30) == pytest.approx(0.06)  # after 24 to after 30
+    assert calibrate.late_gain(recorded_history(plateau), 30) == 0.0
+    assert calibrate.late_gain(recorded_history(climbing, every=7), 30) == pytest.approx(0.09)  # after 21, not 28
+    assert np.isnan(calibrate.late_gain(recorded_history(climbing, every=30), 30))  # no evaluation before the fifth
+    table = calibrate.calibration_table([
+        summary("direct/a", "t", 0.3, 0.5, task="a"), summary("supervised/t", "t", 0.9),
+        baseline("a", 0.6, gain=calibrate.late_gain(recorded_history(climbing), 30))])
+    assert not table.loc[0, "baseline_late_gain_ok"] and not table.loc[0, "calibrated"]
 
 
 def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch, tmp_path, capsys):
@@ -91,7 +130,8 @@ def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch
     def fake_calibrate(profile, tasks, seed, out, jobs, data_root, overrides):
         calls.append((out, overrides))
         nmi = 0.9 if tasks == ["duke2market"] else 0.5
-        return calibrate.calibration_table([summary("direct/a", "t", 0.3, nmi), summary("supervised/t", "t", 0.9)])
+        return calibrate.calibration_table([summary("direct/a", "t", 0.3, nmi, task="a"),
+                                            summary("supervised/t", "t", 0.9), baseline("a", 0.6)])
 
     monkeypatch.setattr(calibrate, "calibrate", fake_calibrate)
     assert calibrate.main(["--profile", "smoke", "--tasks", "duke2market"]) == calibrate.EXIT_OUT_OF_BAND
@@ -120,9 +160,11 @@ def test_a_failing_cell_leaves_no_folder_and_sweeps_dead_temps(monkeypatch, tmp_
     assert list((tmp_path / "direct").iterdir()) == []
 
 
-def test_table_refuses_a_target_without_its_supervised_run():
+def test_table_refuses_a_target_without_its_supervised_run_or_a_task_without_its_baseline():
     with pytest.raises(ValueError, match="no supervised calibration run for t9"):
         calibrate.calibration_table([summary("direct/a", "t9", 0.3, 0.5)])
+    with pytest.raises(ValueError, match="no baseline calibration run for a"):
+        calibrate.calibration_table([summary("direct/a", "t9", 0.3, 0.5, task="a"), summary("supervised/t9", "t9", 0.9)])
 
 
 def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
@@ -132,8 +174,9 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
                                 overrides={"pretrain": {"epochs": 1}})
     assert len(table) == 1
     row = table.iloc[0]
-    for name in ("supervised_mAP", "direct_mAP", "kmeans_nmi"):
+    for name in ("supervised_mAP", "direct_mAP", "kmeans_nmi", "baseline_mAP"):
         assert 0.0 <= row[name] <= 1.0
+    assert -1.0 <= row["pair_cosine"] <= 1.0
     assert row["kmeans_clusters"] >= 1
     on_disk = pd.read_csv(out / "calibration.csv")
     assert on_disk.loc[0, "direct_mAP"] == pytest.approx(row["direct_mAP"], abs=1e-4)
@@ -142,7 +185,8 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     record = json.loads((out / "calibration.json").read_text())
     assert (record["profile"], record["seed"], record["overrides"]) == ("smoke", 1, {"pretrain": {"epochs": 1}})
     assert '{"pretrain": {"epochs": 1}}' in (out / "calibration.md").read_text()
-    assert [r["cell"] for r in record["runs"]] == ["direct/duke2market", "supervised/synth-market"]
+    assert [r["cell"] for r in record["runs"]] == ["direct/duke2market", "peer/duke2market", "baseline/duke2market",
+                                                   "supervised/synth-market"]
 
     # Each number is what the run folders say: the direct run's target mAP, the supervised run's
     # mAP on its own test split, and the NMI recomputed from the direct run's stored k-means summary.
@@ -156,11 +200,17 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     assert recomputed["nmi"] == pytest.approx(row["kmeans_nmi"])
     assert recomputed["num_clusters"] == row["kmeans_clusters"] == cell.cfg.mmt.num_clusters
 
+    # The baseline's number is its run folder's, from the pair's two folders, and its share is computed from the row.
+    base = json.loads((out / "baseline/duke2market/metrics.json").read_text())
+    assert base["variant"] == "baseline" and row["baseline_mAP"] == pytest.approx(base["mAP"])
+    assert row["baseline_gap_share"] == pytest.approx(
+        (row["baseline_mAP"] - row["direct_mAP"]) / (row["supervised_mAP"] - row["direct_mAP"]), abs=1e-6)
+
     # The same seed gives the same numbers, also with two worker processes.
     again = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=tmp_path / "cal2", jobs=2,
                                 data_root=str(tmp_path / "data"), progress=False,
                                 overrides={"pretrain": {"epochs": 1}})
-    cols = ["supervised_mAP", "direct_mAP", "kmeans_nmi"]
+    cols = ["supervised_mAP", "direct_mAP", "kmeans_nmi", "pair_cosine", "baseline_mAP"]
     np.testing.assert_allclose(again[cols].to_numpy(float), table[cols].to_numpy(float), atol=1e-6)
 
 

@@ -24,6 +24,19 @@ def test_paper_profile_keeps_the_published_schedule_and_cluster_counts():
                                       "soft_ce": 0.5, "soft_triplet": 0.8}
 
 
+def test_the_synthetic_profile_fine_tunes_its_start_at_the_papers_rates():
+    """Both stages at the paper's 3.5e-4 from one shared pretrained start (Section 4.2), on every task;
+    the mean teacher's window at the paper's share of Stage II (1,000 of 16,000 iterations)."""
+    paper = resolve(profile="paper")
+    assert paper.pretrain.lr == paper.mmt.lr == 3.5e-4
+    for task in TASKS:
+        for stage in ("pretrain", "mmt"):
+            cfg = resolve(stage, profile="synthetic", task=task)
+            assert cfg.pretrain.lr == cfg.mmt.lr == paper.pretrain.lr
+            assert cfg.model.pretrained == "stage0" and cfg.model.stage0_family == "people"
+            assert cfg.mmt.ema_window_share == pytest.approx(1000 / 16000)
+
+
 def test_custom_task_from_any_two_datasets():
     cfg = resolve(profile="synthetic", source="market1501", target="folder", data_root="/data", variant="mmt-dbscan")
     assert (cfg.data.source, cfg.data.target, cfg.task) == ("market1501", "folder", "market15012folder")

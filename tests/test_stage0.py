@@ -86,6 +86,31 @@ def test_the_spectrum_family_renders_noise_of_its_class():
     assert stage0.weights_path(noise, "x") != stage0.weights_path(SMOKE, "x")
 
 
+def test_the_people_family_renders_one_fresh_person_per_class_deterministically():
+    people = dataclasses.replace(SMOKE, family="people", height=64, width=32)
+    a, b = stage0.class_images(people, 0), stage0.class_images(people, 1)
+    assert a.shape == (SMOKE.images_per_class + stage0.HELD_OUT_PER_CLASS, 64, 32, 3) and a.dtype == np.uint8
+    assert np.array_equal(a, stage0.class_images(people, 0)) and not np.array_equal(a, b)
+    small = dataclasses.replace(SMOKE, family="people")
+    assert stage0.class_images(small, 0).shape[1:] == (32, 16, 3)  # rendered at 64 x 32, resized to the input
+    looks = [stage0.random_style(np.random.default_rng(k)) for k in range(20)]
+    assert len({look.temperature for look in looks}) == 20 and all(look.camera_haze == 0 for look in looks)
+    assert stage0.weights_path(people, "x").name.startswith("stage0-people-cpu_tiny-64x32-")
+
+
+def test_a_run_takes_the_family_of_its_config_and_the_synthetic_profile_starts_from_people():
+    from mmt_lib.config import resolve
+
+    cfg = resolve("pretrain", profile="synthetic", task="duke2market")
+    assert cfg.model.pretrained == "stage0" and stage0.stage0_config(cfg).family == "people"
+    fractal = resolve("pretrain", profile="synthetic", task="duke2market",
+                      overrides={"model": {"stage0_family": "fractal"}})
+    assert stage0.stage0_config(fractal).family == "fractal"
+    assert stage0.stage0_config(fractal).classes == stage0.stage0_config(cfg).classes
+    with pytest.raises(ValueError, match="model.stage0_family"):
+        resolve("pretrain", profile="synthetic", overrides={"model": {"stage0_family": "imagenet"}})
+
+
 def test_two_stage1_runs_start_from_the_same_stage0_backbone(tmp_path, monkeypatch):
     monkeypatch.delenv(CACHE_ENV, raising=False)
     starts = []

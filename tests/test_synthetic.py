@@ -261,3 +261,58 @@ def test_train_images_scale_multiplies_training_images_only():
     assert test[2.0] == test[1.0]
     with pytest.raises(ValueError, match="train_images_scale of synth-market must be > 0"):
         dataclasses.replace(spec, train_images_scale=0.0)
+
+
+def test_look_alike_families_share_an_outfit_and_differ_in_one_small_attribute():
+    """Identities 1-3 of synth-duke are one family: the outfit and build are the family's, and each member
+    differs from another only in hair, bag, hat or shoes; identity 4 starts the next family."""
+    spec = DOMAINS["synth-duke"]
+    assert spec.family_size == 3
+    renderer = synthetic._Renderer(spec, seed=0)
+    people = [renderer.identity(("identity", pid)) for pid in (1, 2, 3, 4)]
+    outfit = ("upper", "upper2", "upper_pattern", "lower", "lower_kind", "coat", "long_sleeves", "torso", "skin")
+    small = {"hair", "long_hair", "bag", "bag_colour", "hat", "shoes"}
+    for member in people[1:3]:
+        assert all(getattr(member, f) == getattr(people[0], f) for f in outfit)
+        differing = {f.name for f in dataclasses.fields(member) if getattr(member, f.name) != getattr(people[0], f.name)}
+        assert differing and differing <= small, differing
+    assert people[3].upper != people[0].upper
+    again = synthetic._Renderer(spec, seed=0)
+    assert [again.identity(("identity", pid)) for pid in (1, 2, 3, 4)] == people
+    transient = synthetic._Renderer(DOMAINS["synth-transient-duke"], seed=0)
+    assert transient.identity(("identity", 2)).upper != transient.identity(("identity", 1)).upper
+
+
+def test_haze_pulls_each_cameras_images_towards_its_colour_and_leaves_other_draws_alone():
+    hazy, clear = _style(camera_haze=0.4, noise=0.0), _style(camera_haze=0.0, noise=0.0)
+    cams = {s.camera_haze: make_cameras(s, 4, np.random.default_rng(3)) for s in (hazy, clear)}
+    assert all(c.haze == 0.0 for c in cams[0.0])
+    assert all(0.2 <= c.haze <= 0.6 for c in cams[0.4]) and len({c.haze_colour for c in cams[0.4]}) == 4
+    assert [dataclasses.replace(c, haze=0.0, haze_colour=(0.5, 0.5, 0.5)) for c in cams[0.4]] == list(cams[0.0])
+    images = {}
+    for people in (0, 1):
+        for index, camera in enumerate(cams[0.4][:2]):
+            images[people, index] = np.asarray(render_image(
+                sample_identity(hazy, np.random.default_rng(people)), camera, hazy, make_background(camera, hazy),
+                np.random.default_rng(9)), np.float32)
+            assert np.array_equal(images[people, index], np.asarray(render_image(
+                sample_identity(hazy, np.random.default_rng(people)), camera, hazy, make_background(camera, hazy),
+                np.random.default_rng(9)), np.float32))
+    clear_image = np.asarray(render_image(sample_identity(clear, np.random.default_rng(0)), cams[0.0][0], clear,
+                                          make_background(cams[0.0][0], clear), np.random.default_rng(9)), np.float32)
+    target = np.asarray(cams[0.4][0].haze_colour, np.float32) * 255
+    assert np.abs(images[0, 0] - target).mean() < np.abs(clear_image - target).mean()
+    with pytest.raises(ValueError, match="DomainStyle.camera_haze"):
+        _style(camera_haze=1.0)
+
+
+def test_a_transient_domain_is_its_persistent_namesake_without_families_and_haze(tiny):
+    persistent, transient = DOMAINS["synth-market"], DOMAINS["synth-transient-market"]
+    assert (persistent.family_size, transient.family_size) == (3, 1)
+    assert persistent.style.camera_haze > 0 == transient.style.camera_haze
+    assert dataclasses.replace(persistent, name=transient.name, family_size=1,
+                               style=dataclasses.replace(persistent.style, camera_haze=0.0)) == transient
+    assert plan_domain(persistent, SIZES["tiny"], 0) == plan_domain(transient, SIZES["tiny"], 0)
+    assert files(tiny["synth-market"]).keys() == files(tiny["synth-transient-market"]).keys()
+    with pytest.raises(ValueError, match="family_size"):
+        dataclasses.replace(persistent, family_size=0)

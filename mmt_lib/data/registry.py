@@ -15,12 +15,12 @@ from .dukemtmc import load_dukemtmc
 from .folder import load_folder
 from .market1501 import load_market1501, load_market_layout
 from .msmt17 import load_msmt17
+from .synthetic import DOMAINS
 
 
 def _load_synthetic(domain: str, root: str | Path, **options) -> ReidDataset:
     """Generate the synthetic domain under `root` if absent, then read it as a Market-layout dataset.
 
-    Imported lazily so that reading real data never pays for (or depends on) the generator.
     `options` go to `ensure_domain` (size, seed).
     """
     from .synthetic import ensure_domain
@@ -34,9 +34,7 @@ DATASETS: dict[str, Callable[..., ReidDataset]] = {
     "dukemtmc": load_dukemtmc,
     "msmt17": load_msmt17,
     "folder": load_folder,
-    "synth-market": partial(_load_synthetic, "synth-market"),
-    "synth-duke": partial(_load_synthetic, "synth-duke"),
-    "synth-msmt": partial(_load_synthetic, "synth-msmt"),
+    **{name: partial(_load_synthetic, name) for name in DOMAINS},
 }
 """Dataset name -> parser `(root, **options) -> ReidDataset`."""
 

@@ -15,7 +15,7 @@ Three layers of variation, each with its own dataclass:
 from __future__ import annotations
 
 import colorsys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -74,6 +74,10 @@ KNOB_MEANINGS: dict[str, str] = {
     "occlusion": "The chance that something hides part of the person.",
     "scale": "The range of the person's height as a share of the image height: above 1 the head and feet "
              "are cut off.",
+    "camera_haze": "How far each camera pulls every image towards its own ambient colour (haze, glare, "
+                   "tinted glass): one person looks different in two cameras, two people alike in one.",
+    "family_size": "How many identities share one outfit and differ only in a small attribute (hair, bag, "
+                   "hat or shoes): 1, none; 3, families of three look-alikes.",
 }
 """One sentence per knob of the data tour's style table, for a reader who has not read the renderer."""
 
@@ -106,8 +110,11 @@ class DomainStyle:
     jpeg_quality: int
     occlusion: float
     scale: tuple[float, float]
+    camera_haze: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.camera_haze < 1.0:
+            raise ValueError(f"DomainStyle.camera_haze must lie in [0, 1), got {self.camera_haze}")
         unknown = [b for b in self.backgrounds if b not in BACKGROUND_FAMILIES]
         if not self.backgrounds or unknown:
             raise ValueError(f"DomainStyle.backgrounds must be a non-empty subset of {BACKGROUND_FAMILIES}, "
@@ -133,7 +140,8 @@ class CameraModel:
     exposure and RGB colour cast, `saturation` the share of colour saturation it keeps;
     `background`/`scene_seed` pick its scenery; `shift`, `shear` and `scale` frame the person
     (offset from the crop centre, lean, height in the crop); `occlusion`
-    is this camera's chance of a partly hidden person.
+    is this camera's chance of a partly hidden person; `haze` is the share of every image it blends
+    towards its ambient colour `haze_colour` (``DomainStyle.camera_haze``).
     """
 
     index: int
@@ -149,6 +157,8 @@ class CameraModel:
     shear: float
     scale: float
     occlusion: float
+    haze: float = 0.0
+    haze_colour: RGB = (0.5, 0.5, 0.5)
 
 
 @dataclass(frozen=True)
@@ -176,6 +186,26 @@ class Identity:
     bag_colour: RGB
 
 
+def random_style(rng: np.random.Generator) -> DomainStyle:
+    """A look drawn from broad ranges that hold every domain's (RandPerson's randomised persons and scenes):
+    what a generic synthetic-people start is trained on. No look-alike families, no haze: those are the
+    domains' own label noise, not a general look."""
+    low = float(rng.uniform(0.55, 1.05))
+    crop = float(rng.uniform(0.8, 1.15))
+    return DomainStyle(
+        dark_clothing=float(rng.uniform(0.1, 0.5)), hue_shift=float(rng.uniform(-0.1, 0.1)),
+        saturation=float(rng.uniform(0.8, 1.2)), lightness=float(rng.uniform(-0.05, 0.08)),
+        coat=float(rng.uniform(0.0, 0.3)), summer=float(rng.uniform(0.0, 0.6)), backpack=float(rng.uniform(0.2, 0.5)),
+        temperature=float(rng.uniform(-0.6, 0.6)), brightness=(low, low + float(rng.uniform(0.2, 0.6))),
+        contrast=float(rng.uniform(0.9, 1.1)), camera_cast=float(rng.uniform(0.0, 0.35)),
+        camera_desaturation=float(rng.uniform(0.0, 0.4)),
+        backgrounds=tuple(str(b) for b in rng.choice(BACKGROUND_FAMILIES, 3)), texture=float(rng.uniform(0.05, 0.3)),
+        noise=float(rng.uniform(0.0, 0.03)), blur=float(rng.uniform(0.0, 0.5)), downsample=float(rng.uniform(1.0, 1.5)),
+        jpeg_quality=int(rng.integers(75, 96)), occlusion=float(rng.uniform(0.0, 0.1)),
+        scale=(crop, min(PERSON_HEIGHT_LIMITS[1], crop + float(rng.uniform(0.05, 0.2)))),
+    )
+
+
 def make_cameras(style: DomainStyle, num_cams: int, rng: np.random.Generator) -> tuple[CameraModel, ...]:
     """`num_cams` cameras whose viewpoints, colour casts, scenes and framing differ."""
     cams = []
@@ -196,7 +226,18 @@ def make_cameras(style: DomainStyle, num_cams: int, rng: np.random.Generator) ->
             scale=float(rng.uniform(*style.scale)),
             occlusion=float(np.clip(style.occlusion * rng.uniform(0.3, 1.7), 0.0, 0.9)),
         ))
+    if style.camera_haze > 0:
+        cams = [_with_haze(cam, style.camera_haze) for cam in cams]
     return tuple(cams)
+
+
+def _with_haze(camera: CameraModel, strength: float) -> CameraModel:
+    """``camera`` with its haze: a share around ``strength`` (half to 1.5 times, below 0.95) towards a colour
+    of its own. Drawn from the camera's scene seed, so a domain without haze keeps its other draws."""
+    rng = np.random.default_rng([camera.scene_seed, 1])
+    colour = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.2, 0.6), rng.uniform(0.35, 0.85))
+    return replace(camera, haze=float(min(0.95, strength * rng.uniform(0.5, 1.5))),
+                   haze_colour=tuple(float(c) for c in colour))
 
 
 def _jitter(rgb: RGB, rng: np.random.Generator, amount: float) -> RGB:
@@ -247,6 +288,26 @@ def sample_identity(style: DomainStyle, rng: np.random.Generator) -> Identity:
         bag=bag,
         bag_colour=_garment_colour(style, rng),
     )
+
+
+LOOK_ALIKE_ATTRIBUTES = ("hair", "bag", "hat", "shoes")
+"""What tells apart the members of a look-alike family (``DomainSpec.family_size``): one small attribute each."""
+
+
+def vary_look_alike(ident: Identity, style: DomainStyle, rng: np.random.Generator) -> Identity:
+    """A look-alike of ``ident``: the same outfit and build, with one small attribute drawn anew, as two
+    people in the same uniform or the same season's coat differ only in their hair or their bag."""
+    attribute = LOOK_ALIKE_ATTRIBUTES[int(rng.integers(len(LOOK_ALIKE_ATTRIBUTES)))]
+    if attribute == "hair":
+        return replace(ident, hair=_jitter(_HAIRS[int(rng.integers(len(_HAIRS)))], rng, 0.03),
+                       long_hair=not ident.long_hair)
+    if attribute == "bag":
+        kinds = [kind for kind in ("backpack", "shoulder", "handbag", "none") if kind != ident.bag]
+        return replace(ident, bag=kinds[int(rng.integers(len(kinds)))], bag_colour=_garment_colour(style, rng))
+    if attribute == "hat":
+        return replace(ident, hat=None if ident.hat is not None else _garment_colour(style, rng))
+    return replace(ident, shoes=_jitter(_NEUTRALS[str(rng.choice(("black", "white", "brown", "charcoal")))],
+                                        rng, 0.04))
 
 
 def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
@@ -443,6 +504,8 @@ def render_image(ident: Identity | None, camera: CameraModel, style: DomainStyle
     light = camera.gain * rng.uniform(*style.brightness) * np.asarray(camera.cast, np.float32)
     light = light * (1.0 + rng.normal(0.0, 0.02, 3)) * np.array([1 + warm, 1.0, 1 - warm], np.float32)
     img = img * light.astype(np.float32)
+    if camera.haze > 0:
+        img = (1.0 - camera.haze) * img + np.float32(camera.haze) * np.asarray(camera.haze_colour, np.float32)
     grey = img.mean(axis=2, keepdims=True)
     img = (grey + np.float32(camera.saturation) * (img - grey) - 0.5) * np.float32(style.contrast) + 0.5
     out = Image.fromarray((np.clip(img, 0.0, 1.0) * 255 + 0.5).astype(np.uint8)).reduce(2)

@@ -11,7 +11,18 @@ each measured by the same Stage I pipeline and network the experiments use (neve
 - ``kmeans_nmi``: k-means with the task's K on that network's target training features, scored
   against the true identities (which training never sees): how noisy the first pseudo labels are.
   Stage II averages two networks' features, which is a little cleaner than this one network, and
-  seeds its k-means differently, so its first-epoch NMI differs a little from this one.
+  seeds its k-means differently, so its first-epoch NMI differs a little from this one;
+- ``pair_cosine``: the mean cosine of the two Stage I networks' features (seeds 1 and 2) on the target's
+  training images: whether both fine-tuned one shared start, as the paper's two ImageNet networks do;
+- ``baseline_gap_share``: the hard-label baseline (Stage II without soft labels or mean teachers, from
+  that pair) after its last epoch, as a share of the gap from direct transfer to the upper bound. In the
+  paper's setting it stops about half-way, and the refinery wins the rest; a domain whose baseline walks
+  to the bound has label noise that self-training corrects alone, where refinery has nothing to win;
+- ``baseline_late_gain``: the mAP the baseline gained over the last fifth of its epochs: Stage II must
+  be long enough that the baseline has plateaued, or the share measures the schedule, not the noise.
+
+The baseline is the only Stage II run of the calibration, never an MMT row: the domains and the
+schedule are chosen by numbers that do not look at MMT.
 
 ``CRITERIA`` holds the bands (``low <= x < high``); ``python -m mmt_lib.calibrate`` writes
 ``calibration.csv``, ``calibration.md`` and ``calibration.json`` under ``runs/<profile>/calibration``
@@ -24,13 +35,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -41,13 +54,26 @@ import torch
 
 from mmt_lib import config
 from mmt_lib.evaluation.label_quality import pseudo_label_quality
+from mmt_lib.figures.analysis import feature_agreement
 from mmt_lib.method.engine import load_named_dataset, prepare_model, resolve_device
-from mmt_lib.method.mmt import assign_pseudo_labels, embed_target, pseudo_label_seed
+from mmt_lib.method.mmt import (
+    assign_pseudo_labels,
+    embed_target,
+    pseudo_label_seed,
+    run_checked_variant,
+    stage1_checkpoints,
+)
 from mmt_lib.method.pretrain import pretrain
+from mmt_lib.method.provenance import Stage1Checkpoint
 from mmt_lib.method.trainer import CHECKPOINT, load_pretrained_network
 from mmt_lib.runtime import distributed, lifeline
-from mmt_lib.runtime.checkpoints import (remove_dead_temps, save_metrics, temp_token, write_json_atomic,
-                                         write_text_atomic)
+from mmt_lib.runtime.checkpoints import (
+    remove_dead_temps,
+    save_metrics,
+    temp_token,
+    write_json_atomic,
+    write_text_atomic,
+)
 from mmt_lib.runtime.commandline import refuse
 from mmt_lib.runtime.paths import from_command_line, project_path
 from mmt_lib.runtime.progress import tqdm
@@ -56,6 +82,9 @@ CRITERIA: dict[str, tuple[float | None, float | None]] = {
     "supervised_mAP": (0.80, None),
     "direct_mAP": (0.15, 0.45),
     "kmeans_nmi": (None, 0.85),
+    "pair_cosine": (0.70, None),
+    "baseline_gap_share": (0.35, 0.65),
+    "baseline_late_gain": (None, 0.01),
 }
 """(low, high) of each calibration number's band, ``low <= x < high``; ``None``: no bound on that side."""
 
@@ -67,12 +96,27 @@ def default_out_dir(profile: str) -> Path:
     return project_path(f"runs/{profile}/calibration")
 
 
+PEER_SEED_OFFSET = 1
+"""The second Stage I network of a task is seed ``seed + 1``: MMT seed k pairs Stage I seeds 2k-1 and 2k."""
+
+
 @dataclass(frozen=True)
 class Cell:
-    """One Stage I run of the calibration: ``supervised/<target>`` or ``direct/<task>``."""
+    """One run of the calibration: Stage I ``direct/<task>`` (the pair's first network), ``peer/<task>``
+    (its second), ``supervised/<target>``, or the Stage II ``baseline/<task>`` that ``needs`` the pair."""
 
     name: str
     cfg: config.RunConfig
+    needs: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return self.name.split("/")[0]
+
+
+RUN_ORDER = {"direct": 0, "peer": 0, "baseline": 1, "supervised": 2}
+"""Which ready cell a free worker takes: the pairs first, then each baseline as soon as its pair is done
+(the longest runs, so the critical path), the upper bounds last."""
 
 
 def calibration_cells(
@@ -82,7 +126,8 @@ def calibration_cells(
     data_root: str | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> list[Cell]:
-    """One direct-transfer run per task and one supervised run per distinct target, in that order.
+    """Per task its Stage I pair (``direct``, ``peer``) and its ``baseline``, then one supervised run per
+    distinct target. The baseline is MMT seed ``(seed + 1) // 2``'s hard-label run from the pair.
 
     ``overrides`` (``config.resolve``'s) change every cell alike: a probe such as a longer Stage I
     is then measured against all the bands at once, never on the supervised runs alone.
@@ -93,13 +138,18 @@ def calibration_cells(
         raise ValueError(f"calibration tasks must be distinct and among {sorted(config.TASKS)}, got {tasks}")
     overrides = overrides or {}
     quiet = {**overrides, "runtime": {**overrides.get("runtime", {}), "progress": False}}
-    direct = [config.resolve("pretrain", profile, task=t, seed=seed, data_root=data_root, overrides=quiet)
-              for t in tasks]
-    targets = list(dict.fromkeys(cfg.data.target for cfg in direct))
-    supervised = [config.resolve("pretrain", profile, source=name, target=name, seed=seed, data_root=data_root,
-                                 overrides=quiet) for name in targets]
-    return ([Cell(f"direct/{cfg.task}", cfg) for cfg in direct]
-            + [Cell(f"supervised/{cfg.data.target}", cfg) for cfg in supervised])
+    cells = []
+    for task in tasks:
+        pair = [config.resolve("pretrain", profile, task=task, seed=s, data_root=data_root, overrides=quiet)
+                for s in (seed, seed + PEER_SEED_OFFSET)]
+        baseline = config.resolve("mmt", profile, task=task, variant="baseline", seed=(seed + 1) // 2,
+                                  data_root=data_root, overrides=quiet)
+        cells += [Cell(f"direct/{task}", pair[0]), Cell(f"peer/{task}", pair[1]),
+                  Cell(f"baseline/{task}", baseline, needs=(f"direct/{task}", f"peer/{task}"))]
+    targets = list(dict.fromkeys(cell.cfg.data.target for cell in cells))
+    return cells + [Cell(f"supervised/{name}", config.resolve("pretrain", profile, source=name, target=name,
+                                                             seed=seed, data_root=data_root, overrides=quiet))
+                    for name in targets]
 
 
 def first_label_noise(cfg: config.RunConfig, run_dir: str | Path) -> dict[str, float]:
@@ -113,8 +163,38 @@ def first_label_noise(cfg: config.RunConfig, run_dir: str | Path) -> dict[str, f
     return pseudo_label_quality(labels, np.array([pid for _, pid, _ in target.train]))
 
 
+def pair_cosine(cfg: config.RunConfig, stage1: list[Stage1Checkpoint]) -> float:
+    """Mean feature cosine of the two Stage I networks on the target's training images (``feature_agreement``)."""
+    device = distributed.init(resolve_device(cfg.runtime.device))
+    nets = [prepare_model(load_pretrained_network(c, cfg.model.arch), cfg.runtime, device) for c in stage1]
+    return feature_agreement(nets[0], nets[1], load_named_dataset(cfg.data, cfg.data.target), cfg, device)
+
+
+def late_gain(history: list[dict[str, Any]], epochs: int) -> float:
+    """mAP (network 1) after the last epoch minus after the last evaluation at or before the start of the
+    last fifth of the epochs; NaN when no evaluation lies there (evaluate more often to measure it)."""
+    start = epochs - math.ceil(epochs / 5)
+    curve = {r["epoch"] + 1: r["net1"]["mAP"] for r in history if "net1" in r}
+    earlier = [done for done in curve if done <= start]
+    if epochs not in curve or not earlier:
+        return float("nan")
+    return curve[epochs] - curve[max(earlier)]
+
+
+def _train_baseline(cell: Cell, work: Path, out_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The baseline from the pair's folders: its metrics, and its summary with the pair's cosine and curve."""
+    stage1 = stage1_checkpoints(cell.cfg, [out_dir / name for name in cell.needs])
+    cosine = pair_cosine(cell.cfg, stage1)
+    metrics = run_checked_variant(cell.cfg, work, stage1)
+    curve = [{"epoch": r["epoch"] + 1, "mAP": r["net1"]["mAP"], "nmi": r["pseudo_labels"]["nmi"]}
+             for r in metrics["history"] if "net1" in r]
+    return metrics, {"pair_cosine": cosine, "curve": curve,
+                     "late_gain": late_gain(metrics["history"], cell.cfg.mmt.epochs)}
+
+
 def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
-    """Train one cell from scratch into ``out_dir/<cell.name>`` (a temp folder renamed when done)."""
+    """Train one cell from scratch into ``out_dir/<cell.name>`` (a temp folder renamed when done); a
+    baseline cell starts from its pair's folders under ``out_dir``."""
     if threads is not None:
         torch.set_num_threads(threads)
     final = project_path(out_dir) / cell.name
@@ -123,10 +203,14 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
     work = final.with_name(f".{final.name}.tmp-{temp_token()}")
     tic = time.perf_counter()
     try:
-        metrics = pretrain(cell.cfg, work, resume=False)
+        extra: dict[str, Any] = {}
+        if cell.kind == "baseline":
+            metrics, extra = _train_baseline(cell, work, project_path(out_dir))
+        else:
+            metrics = pretrain(cell.cfg, work, resume=False)
         summary = {"cell": cell.name, "task": cell.cfg.task, "source": cell.cfg.data.source,
-                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"]}
-        if cell.name.startswith("direct/"):
+                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"], **extra}
+        if cell.kind == "direct":
             summary["kmeans"] = first_label_noise(cell.cfg, work)
         summary["seconds"] = time.perf_counter() - tic
         metrics["calibration"] = summary
@@ -145,21 +229,61 @@ def cell_pool(jobs: int) -> ProcessPoolExecutor:
                                initializer=lifeline.die_with_parent, initargs=(signal.SIGTERM, os.getpid()))
 
 
+def run_cells(cells: list[Cell], out_dir: Path, jobs: int, threads: int,
+              on_done: Callable[[dict[str, Any]], None] = lambda summary: None) -> dict[str, dict[str, Any]]:
+    """Every cell, ``jobs`` at a time, each once its ``needs`` are done, a free worker taking the ready cell
+    first in ``RUN_ORDER``; the summaries by cell name. A failed cell stops the queue, not just itself."""
+    waiting, running, done = list(cells), {}, {}
+    with cell_pool(jobs) as pool:
+        try:
+            while waiting or running:
+                ready = sorted((c for c in waiting if all(n in done for n in c.needs)), key=lambda c: RUN_ORDER[c.kind])
+                for cell in ready[:jobs - len(running)]:
+                    waiting.remove(cell)
+                    running[pool.submit(run_cell, cell, out_dir, threads)] = cell
+                if not running:
+                    raise ValueError(f"calibration cells need runs that are not cells: {[c.name for c in waiting]}")
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    running.pop(future)
+                    summary = future.result()
+                    done[summary["cell"]] = summary
+                    on_done(summary)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return done
+
+
 def _passes(value: float, bounds: tuple[float | None, float | None]) -> bool:
+    if not math.isfinite(value):
+        return False
     low, high = bounds
     return (low is None or value >= low) and (high is None or value < high)
 
 
+def gap_share(reached: float, start: float, bound: float) -> float:
+    """How much of the gap from ``start`` (direct transfer) to ``bound`` (the upper bound) ``reached`` closed."""
+    return (reached - start) / (bound - start) if bound > start else float("nan")
+
+
 def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
-    """One row per task: the three numbers, whether each passes ``CRITERIA``, and whether all do."""
+    """One row per task: the numbers of ``CRITERIA``, whether each passes, and whether all do."""
     supervised = {s["target"]: s for s in summaries if s["cell"].startswith("supervised/")}
+    baselines = {s["task"]: s for s in summaries if s["cell"].startswith("baseline/")}
     rows = []
     for s in (s for s in summaries if s["cell"].startswith("direct/")):
         if s["target"] not in supervised:
             raise ValueError(f"no supervised calibration run for {s['target']} (needed by {s['task']})")
+        if s["task"] not in baselines:
+            raise ValueError(f"no baseline calibration run for {s['task']}")
+        base, bound = baselines[s["task"]], supervised[s["target"]]["mAP"]
         row = {"task": s["task"], "source": s["source"], "target": s["target"],
-               "supervised_mAP": supervised[s["target"]]["mAP"], "direct_mAP": s["mAP"],
-               "kmeans_nmi": s["kmeans"]["nmi"], "kmeans_clusters": s["kmeans"]["num_clusters"]}
+               "supervised_mAP": bound, "direct_mAP": s["mAP"],
+               "kmeans_nmi": s["kmeans"]["nmi"], "kmeans_clusters": s["kmeans"]["num_clusters"],
+               "pair_cosine": base["pair_cosine"], "baseline_mAP": base["mAP"],
+               "baseline_gap_share": gap_share(base["mAP"], s["mAP"], bound),
+               "baseline_late_gain": base["late_gain"]}
         for name, bounds in CRITERIA.items():
             row[f"{name}_ok"] = _passes(row[name], bounds)
         row["calibrated"] = all(row[f"{name}_ok"] for name in CRITERIA)
@@ -178,10 +302,12 @@ def to_markdown(table: pd.DataFrame) -> str:
     """The table as Markdown, mAP in percent, each number marked ✓ or ✗ against its band."""
     shown = table[["task"]].copy()
     for name, bounds in CRITERIA.items():
-        scale, fmt = (100.0, "{:.1f}") if name.endswith("mAP") else (1.0, "{:.3f}")
+        scale, fmt = (100.0, "{:.1f}") if name.endswith(("mAP", "gain")) else (1.0, "{:.3f}")
         header = f"{name} ({_bounds_text(tuple(None if b is None else b * scale for b in bounds))})"
         shown[header] = [f"{fmt.format(v * scale)} {'✓' if ok else '✗'}"
                          for v, ok in zip(table[name], table[f"{name}_ok"])]
+        if name == "direct_mAP":
+            shown["baseline_mAP"] = [f"{v * 100:.1f}" for v in table["baseline_mAP"]]
     shown["calibrated"] = ["yes" if ok else "no" for ok in table["calibrated"]]
     return shown.to_markdown(index=False)
 
@@ -209,20 +335,8 @@ def calibrate(
         load_named_dataset(cfg, cfg.source)
         load_named_dataset(cfg, cfg.target)
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    bar = tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress)
-    by_name: dict[str, dict[str, Any]] = {}
-    with cell_pool(jobs) as pool:
-        futures = [pool.submit(run_cell, cell, out_dir, threads) for cell in cells]
-        try:
-            for future in as_completed(futures):
-                summary = future.result()
-                by_name[summary["cell"]] = summary
-                bar.update(1)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)  # a failed cell stops the queue, not just itself
-            raise
-        finally:
-            bar.close()
+    with tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress) as bar:
+        by_name = run_cells(cells, out_dir, jobs, threads, on_done=lambda summary: bar.update(1))
     summaries = [by_name[cell.name] for cell in cells]
     table = calibration_table(summaries)
     write_text_atomic(out_dir / "calibration.csv", table.to_csv(index=False, float_format="%.4f"))

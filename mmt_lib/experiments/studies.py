@@ -7,10 +7,11 @@ the first level of each factor is the profile as it stands. The batch driver run
 reads it back.
 
 ``what-mmt-needs`` is the teaching point of the project: MMT's soft labels come from a peer that
-was pre-trained from the *same* start (the paper's ImageNet weights; here the formula-driven
+was pre-trained from the *same* start (the paper's ImageNet weights; here the synthetic-people
 Stage 0 start) and from a temporal average over a window that is a small share of Stage II (the
-paper's 1,000 of 16,000 iterations). Taking either away is how a small-scale reproduction most
-easily loses the paper's result; the study shows what each costs.
+paper's 1,000 of 16,000 iterations), and they refine labels whose noise persists, as real re-ID's
+does. Taking any of these away is how a small-scale reproduction most easily loses the paper's
+result; the study shows what each costs.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ from mmt_lib.config import VARIANTS
 LEVEL_SEPARATOR = "."
 """Joins a variant and its levels into a run folder name: ``mmt-kmeans.random-start.whole-run-window``."""
 
+
+TRANSIENT_NOISE = {"data": {"source": "synth-transient-duke", "target": "synth-transient-market"}}
+"""The study's task on the earlier domains, whose k-means mistakes hard-label self-training corrects by itself."""
+
+FRACTAL_START = {"model": {"stage0_family": "fractal"}}
+"""The formula-driven FractalDB start instead of the synthetic-people one, both stages at the profile's rate."""
 
 FROM_SCRATCH = {"model": {"pretrained": None}, "pretrain": {"lr": 3e-3}, "mmt": {"lr": 3e-3}}
 """Both Stage I networks from one random draw (``model.backbone_seed``), at the learning rate that was
@@ -56,8 +63,13 @@ STUDIES: dict[str, Study] = {
         task="duke2market",
         variants=("baseline", "mmt-kmeans"),
         factors=(
+            Factor("domains", {
+                "persistent-noise": {},
+                "transient-noise": TRANSIENT_NOISE,
+            }, stage_one=True),
             Factor("start", {
                 "shared-start": {},
+                "fractal-start": FRACTAL_START,
                 "random-start": FROM_SCRATCH,
             }, stage_one=True),
             Factor("window", {
@@ -65,8 +77,10 @@ STUDIES: dict[str, Study] = {
                 "whole-run-window": {"mmt": {"ema_window_share": 1.0}},
             }, stage_one=False, only_mean_teacher=True),
         ),
-        description="both Stage I networks from the shared Stage 0 start, or from one random draw trained at "
-                    "the from-scratch learning rate 3e-3 (model.pretrained=None), x the mean teacher's window "
+        description="the default domains, whose label noise persists, or the earlier ones, whose noise "
+                    "self-training corrects alone (synth-transient-*), x both Stage I networks from the shared "
+                    "synthetic-people Stage 0 start, from FractalDB's (model.stage0_family=fractal), or from one "
+                    "random draw trained at the from-scratch learning rate 3e-3 (model.pretrained=None), x the mean teacher's window "
                     "at the paper's share of Stage II (1/16) or as long as the whole run (mmt.ema_window_share=1)",
     ),
 }

@@ -40,11 +40,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from mmt_lib import __version__
-from mmt_lib.config import PROFILES, STAGE0, RunConfig
+from mmt_lib.config import PROFILES, STAGE0, STAGE0_FAMILIES, RunConfig
 from mmt_lib.data.decoded import cache_dir, locked
+from mmt_lib.data.synthetic_render import (
+    make_background,
+    make_cameras,
+    random_style,
+    render_image,
+    sample_identity,
+)
 from mmt_lib.models import known_archs
 from mmt_lib.models.backbones import build_backbone
 from mmt_lib.runtime.checkpoints import replacing, write_json_atomic
@@ -52,9 +60,14 @@ from mmt_lib.runtime.commandline import refuse
 from mmt_lib.runtime.paths import project_path
 from mmt_lib.runtime.progress import tqdm, trange
 
-FAMILIES = ("fractal", "spectrum")
+FAMILIES = STAGE0_FAMILIES
 """``fractal``: FractalDB's iterated function systems; ``spectrum``: coloured noise of a class's amplitude
-spectrum (Baradad et al., NeurIPS 2021), the other formula-driven family tried for the same start."""
+spectrum (Baradad et al., NeurIPS 2021), the other formula-driven family tried for the same start;
+``people``: randomised synthetic persons, one fresh identity per class, each in a look and cameras drawn
+from broad ranges (``synthetic_render.random_style``), as RandPerson (ACM MM 2020) and UnrealPerson
+(CVPR 2021) pre-train re-ID networks: never a task domain's settings."""
+PEOPLE_CAMERAS = 6
+"""Cameras each ``people`` class is filmed by, so that a class holds one person under several views and lights."""
 FORMAT_VERSION = 1
 """Bump when what a file holds for a given config changes (renderer, training): older files then no longer match."""
 FILLING_RATE = 0.2
@@ -124,10 +137,10 @@ class Stage0Config:
 
 
 def stage0_config(cfg: RunConfig) -> Stage0Config:
-    """The Stage 0 start of a run: its profile's sizes (``PROFILES[...]["stage0"]``), its backbone and
-    input size, and ``model.backbone_seed`` as the seed (the seed of the start both networks share)."""
+    """The Stage 0 start of a run: its profile's sizes (``PROFILES[...]["stage0"]``), ``model.stage0_family``,
+    its backbone and input size, and ``model.backbone_seed`` as the seed (the seed of the start both networks share)."""
     sizes = PROFILES[cfg.profile].get("stage0", {})
-    return Stage0Config(**sizes, seed=cfg.model.backbone_seed, arch=cfg.model.arch,
+    return Stage0Config(**sizes, family=cfg.model.stage0_family, seed=cfg.model.backbone_seed, arch=cfg.model.arch,
                         height=cfg.data.height, width=cfg.data.width)
 
 
@@ -250,11 +263,30 @@ def class_images(cfg: Stage0Config, k: int) -> np.ndarray:
         raise ValueError(f"class index must be in [0, {cfg.classes}), got {k!r}")
     rng = np.random.default_rng([cfg.seed, int(k)])
     count = cfg.images_per_class + HELD_OUT_PER_CLASS
+    if cfg.family == "people":
+        return person_images(rng, count, cfg.height, cfg.width)
     if cfg.family == "spectrum":
         spectrum = sample_spectrum(rng)
         return np.stack([render_spectrum(spectrum, cfg.height, cfg.width, rng) for _ in range(count)])
     ifs = sample_ifs(rng)
     return render_batch(np.stack([jitter(ifs, rng) for _ in range(count)]), cfg.height, cfg.width, rng)
+
+
+def person_images(rng: np.random.Generator, count: int, height: int, width: int) -> np.ndarray:
+    """A ``people`` class: one identity drawn in a random look (``random_style``), filmed ``count`` times by
+    ``PEOPLE_CAMERAS`` random cameras of that look; uint8 [count, height, width, 3]."""
+    style = random_style(rng)
+    person = sample_identity(style, rng)
+    cameras = make_cameras(style, PEOPLE_CAMERAS, rng)
+    scenes = [make_background(camera, style) for camera in cameras]
+    images = []
+    for _ in range(count):
+        which = int(rng.integers(PEOPLE_CAMERAS))
+        image = render_image(person, cameras[which], style, scenes[which], rng)
+        if image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR)
+        images.append(np.asarray(image))
+    return np.stack(images)
 
 
 def sample_spectrum(rng: np.random.Generator) -> np.ndarray:
@@ -290,7 +322,7 @@ def make_images(cfg: Stage0Config, progress: bool = True) -> dict[str, np.ndarra
     first ``images_per_class`` instances of every class, ``test``/``test_labels`` ``HELD_OUT_PER_CLASS`` more."""
     per_class = cfg.images_per_class + HELD_OUT_PER_CLASS
     images = np.stack([class_images(cfg, k) for k in tqdm(
-        range(cfg.classes), desc=f"rendering {cfg.classes} fractal classes", unit="class", disable=not progress,
+        range(cfg.classes), desc=f"rendering {cfg.classes} {cfg.family} classes", unit="class", disable=not progress,
         leave=False)])
     labels = np.repeat(np.arange(cfg.classes), per_class).reshape(cfg.classes, per_class)
     split = cfg.images_per_class
