@@ -76,8 +76,10 @@ KNOB_MEANINGS: dict[str, str] = {
              "are cut off.",
     "camera_haze": "How far each camera pulls every image towards its own ambient colour (haze, glare, "
                    "tinted glass): one person looks different in two cameras, two people alike in one.",
-    "family_size": "How many identities share one outfit and differ only in a small attribute (hair, bag, "
-                   "hat or shoes): 1, none; 3, families of three look-alikes.",
+    "family_size": "How many identities share one outfit and differ only in one cue (look_alike_cue): "
+                   "1, none; 3, families of three look-alikes.",
+    "look_alike_cue": "What tells look-alikes apart in this domain: their trousers, bag, hair or the second "
+                      "colour of their top.",
 }
 """One sentence per knob of the data tour's style table, for a reader who has not read the renderer."""
 
@@ -290,24 +292,27 @@ def sample_identity(style: DomainStyle, rng: np.random.Generator) -> Identity:
     )
 
 
-LOOK_ALIKE_ATTRIBUTES = ("hair", "bag", "hat", "shoes")
-"""What tells apart the members of a look-alike family (``DomainSpec.family_size``): one small attribute each."""
+LOOK_ALIKE_CUES = ("lower", "bag", "hair", "upper2")
+"""What can tell apart the members of a look-alike family (``DomainSpec.look_alike_cue``): the lower garment,
+the bag, the hair (with any hat), or the top's second colour (its stripes, checks, jacket front or logo)."""
 
 
-def vary_look_alike(ident: Identity, style: DomainStyle, rng: np.random.Generator) -> Identity:
-    """A look-alike of ``ident``: the same outfit and build, with one small attribute drawn anew, as two
-    people in the same uniform or the same season's coat differ only in their hair or their bag."""
-    attribute = LOOK_ALIKE_ATTRIBUTES[int(rng.integers(len(LOOK_ALIKE_ATTRIBUTES)))]
-    if attribute == "hair":
-        return replace(ident, hair=_jitter(_HAIRS[int(rng.integers(len(_HAIRS)))], rng, 0.03),
-                       long_hair=not ident.long_hair)
-    if attribute == "bag":
-        kinds = [kind for kind in ("backpack", "shoulder", "handbag", "none") if kind != ident.bag]
+def vary_look_alike(ident: Identity, style: DomainStyle, cue: str, rng: np.random.Generator) -> Identity:
+    """A look-alike of ``ident``: the same outfit and build, with the ``cue`` drawn anew, as people in one
+    uniform or one season's coat differ in their trousers or their bag. A network learns to look at the
+    cue only where labels tell look-alikes apart; each domain has its own cue, so a source's does not carry."""
+    if cue == "lower":
+        return replace(ident, lower=_garment_colour(style, rng))
+    if cue == "bag":
+        kinds = [kind for kind in ("backpack", "shoulder", "handbag") if kind != ident.bag]
         return replace(ident, bag=kinds[int(rng.integers(len(kinds)))], bag_colour=_garment_colour(style, rng))
-    if attribute == "hat":
-        return replace(ident, hat=None if ident.hat is not None else _garment_colour(style, rng))
-    return replace(ident, shoes=_jitter(_NEUTRALS[str(rng.choice(("black", "white", "brown", "charcoal")))],
-                                        rng, 0.04))
+    if cue == "hair":
+        return replace(ident, hair=_jitter(_HAIRS[int(rng.integers(len(_HAIRS)))], rng, 0.03),
+                       long_hair=not ident.long_hair, hat=None if ident.hat is not None else _garment_colour(style, rng))
+    if cue == "upper2":
+        pattern = ident.upper_pattern if ident.upper_pattern != "plain" else "jacket"
+        return replace(ident, upper_pattern=pattern, upper2=_garment_colour(style, rng))
+    raise ValueError(f"look-alike cue must be one of {LOOK_ALIKE_CUES}, got {cue!r}")
 
 
 def _value_noise(rng: np.random.Generator, shape: tuple[int, int], cells: tuple[int, int]) -> np.ndarray:
