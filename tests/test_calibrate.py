@@ -105,6 +105,12 @@ def test_table_checks_every_band_at_its_edges():
     assert "79.9 ✗" in md and "0.849 ✓" in md and "0.850 ✗" in md and "45.0 ✗" in md
 
 
+def test_gap_share_is_the_share_of_the_gap_closed_and_nan_without_a_gap():
+    assert calibrate.gap_share(0.6, 0.4, 0.8) == pytest.approx(0.5)
+    assert calibrate.gap_share(0.3, 0.4, 0.8) == pytest.approx(-0.25)  # below direct transfer: a negative share
+    assert np.isnan(calibrate.gap_share(0.6, 0.5, 0.5)) and np.isnan(calibrate.gap_share(0.6, 0.5, 0.4))
+
+
 def recorded_history(curve, every=3):
     """A Stage II history as ``train_mmt`` records it: net 1's mAP after each evaluated epoch (from 0)."""
     return [{"epoch": e, **({"net1": {"mAP": curve[e]}} if (e + 1) % every == 0 or e + 1 == len(curve) else {})}
@@ -204,7 +210,17 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     base = json.loads((out / "baseline/duke2market/metrics.json").read_text())
     assert base["variant"] == "baseline" and row["baseline_mAP"] == pytest.approx(base["mAP"])
     assert row["baseline_gap_share"] == pytest.approx(
-        (row["baseline_mAP"] - row["direct_mAP"]) / (row["supervised_mAP"] - row["direct_mAP"]), abs=1e-6)
+        calibrate.gap_share(row["baseline_mAP"], row["direct_mAP"], row["supervised_mAP"]), nan_ok=True)
+
+    # What the results notebook shows: the table read back, and one convergence panel per task.
+    reread, curves = calibrate.read_calibration(out)
+    pd.testing.assert_frame_equal(reread, table)
+    assert [point["epoch"] for point in curves["duke2market"]] == list(range(1, base["config"]["mmt"]["epochs"] + 1))
+    md, figure = calibrate.calibration_summary(out)
+    assert "duke2market" in md and "baseline_gap_share" in md
+    assert [ax.get_title() for ax in figure.axes] == [f"duke2market: {row['baseline_gap_share']:.0%} of the gap"]
+    note, nothing = calibrate.calibration_summary(tmp_path / "never-calibrated")
+    assert nothing is None and "make calibrate" in note and "never-calibrated" in note
 
     # The same seed gives the same numbers, also with two worker processes.
     again = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=tmp_path / "cal2", jobs=2,

@@ -51,10 +51,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from mmt_lib import config
 from mmt_lib.evaluation.label_quality import pseudo_label_quality
 from mmt_lib.figures.analysis import feature_agreement
+from mmt_lib.figures.plots import plot_baseline_convergence
 from mmt_lib.method.engine import load_named_dataset, prepare_model, resolve_device
 from mmt_lib.method.mmt import (
     assign_pseudo_labels,
@@ -289,6 +291,26 @@ def calibration_table(summaries: list[dict[str, Any]]) -> pd.DataFrame:
         row["calibrated"] = all(row[f"{name}_ok"] for name in CRITERIA)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def read_calibration(out_dir: str | Path) -> tuple[pd.DataFrame, dict[str, list[dict[str, float]]]]:
+    """The table and each task's baseline curve of a finished calibration (its ``calibration.json``),
+    the bands checked again against today's ``CRITERIA``."""
+    path = project_path(out_dir) / "calibration.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no calibration at {path}: run make calibrate (python -m mmt_lib.calibrate) first")
+    runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
+    return calibration_table(runs), {s["task"]: s["curve"] for s in runs if s["cell"].startswith("baseline/")}
+
+
+def calibration_summary(out_dir: str | Path) -> tuple[str, Figure | None]:
+    """What the results notebook shows of a calibration: the table in Markdown and the baseline's
+    convergence figure; where no calibration has run, a line saying how to run one, and no figure."""
+    try:
+        table, curves = read_calibration(out_dir)
+    except FileNotFoundError as missing:
+        return f"*{missing}*", None
+    return to_markdown(table), plot_baseline_convergence(table, curves)
 
 
 def _bounds_text(bounds: tuple[float | None, float | None]) -> str:
