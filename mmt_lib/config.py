@@ -250,7 +250,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "pretrain": {"epochs": 30, "iters": 40, "warmup_epochs": 2, "milestones": (21,), "eval_every": 15},
         # Stage II run until the baseline has plateaued on every task (make calibrate checks it); the mean
         # teacher's window keeps the paper's share of it (1/16).
-        "mmt": {"epochs": 30, "iters": 36, "eval_every": 3, "save_embeddings": True},
+        "mmt": {"epochs": 45, "iters": 36, "eval_every": 3, "save_embeddings": True},
         "data_kind": "synthetic",
     },
     "paper": {

@@ -111,58 +111,14 @@ TRANSIENT_DOMAINS: dict[str, DomainSpec] = {
 (the baseline closed 89-98% of the gap to the upper bound): kept for the study that compares the two sets."""
 
 PERSISTENT_NOISE: dict[str, tuple[int, str, float]] = {
-    "synth-market": (2, "lower", 0.15),
-    "synth-duke": (2, "upper2", 0.15),
-    "synth-msmt": (2, "bag", 0.15),
+    "synth-market": (2, "upper2", 0.2),
+    "synth-duke": (2, "lower", 0.35),
+    "synth-msmt": (2, "bag", 0.35),
 }
 """(``family_size``, ``look_alike_cue``, ``camera_haze``) that turn each earlier domain into one whose label
 noise persists, as real re-ID's does: look-alike pairs that a source network merges, because each domain
 tells its look-alikes apart by a cue of its own that no source teaches, and cameras whose haze splits one
 person and joins others (docs/synthetic-domains.md gives the probes that chose them)."""
-
-DOMAINS: dict[str, DomainSpec] = {
-    "synth-transient-market": DomainSpec(
-        name="synth-transient-market", num_cams=6, real_train_ids=751, real_test_ids=750, cams_per_id=(2, 6),
-        distractor_fraction=0.1,
-        style=DomainStyle(
-            dark_clothing=0.35, hue_shift=-0.04, saturation=1.1, lightness=0.05, coat=0.05, summer=0.55,
-            backpack=0.3, temperature=0.5, brightness=(0.95, 1.25), contrast=1.05, camera_cast=0.3,
-            camera_desaturation=0.0,
-            backgrounds=("street", "street", "campus"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
-            jpeg_quality=92, occlusion=0.08, scale=(0.85, 0.97),
-        ),
-    ),
-    "synth-transient-duke": DomainSpec(
-        name="synth-transient-duke", num_cams=8, real_train_ids=702, real_test_ids=1110, cams_per_id=(6, 8),
-        distractor_fraction=0.0,
-        style=DomainStyle(
-            dark_clothing=0.25, hue_shift=0.06, saturation=0.95, lightness=0.0, coat=0.2, summer=0.05,
-            backpack=0.45, temperature=-0.4, brightness=(0.6, 1.25), contrast=1.0, camera_cast=0.1,
-            camera_desaturation=0.25,
-            backgrounds=("campus", "campus", "street"), texture=0.15, noise=0.015, blur=0.3, downsample=1.0,
-            jpeg_quality=85, occlusion=0.03, scale=(1.0, 1.2),
-        ),
-    ),
-    "synth-transient-msmt": DomainSpec(
-        name="synth-transient-msmt", num_cams=15, real_train_ids=1041, real_test_ids=3060, cams_per_id=(10, 15),
-        distractor_fraction=0.0,
-        style=DomainStyle(
-            dark_clothing=0.25, hue_shift=-0.08, saturation=1.0, lightness=0.0, coat=0.2, summer=0.2,
-            backpack=0.35, temperature=0.0, brightness=(0.8, 1.2), contrast=1.0, camera_cast=0.25,
-            camera_desaturation=0.05,
-            backgrounds=("street", "campus", "street", "campus", "indoor"), texture=0.15, noise=0.015,
-            blur=0.3, downsample=1.0, jpeg_quality=92, occlusion=0.0, scale=(1.0, 1.2),
-        ),
-        train_images_scale=1.8,  # MSMT17 has 1.8x Market-1501's training images per identity (31.3 vs 17.2)
-    ),
-}
-"""The earlier three domains, whose k-means mistakes hard-label self-training corrects by itself given time
-(the baseline closed 89-98% of the gap to the upper bound): kept for the study that compares the two sets."""
-
-PERSISTENT_NOISE = {"synth-market": (2, "lower", 0.15), "synth-duke": (2, "lower", 0.15), "synth-msmt": (2, "lower", 0.15)}
-"""(``family_size``, ``camera_haze``) that turn each earlier domain into one whose label noise persists, as
-real re-ID's does: look-alike families that k-means merges, cameras whose haze splits one person and joins
-others (docs/synthetic-domains.md gives the calibration that chose them)."""
 
 DOMAINS: dict[str, DomainSpec] = {
     **{name: replace(TRANSIENT_DOMAINS[name.replace("synth-", "synth-transient-")], name=name, family_size=family,

@@ -116,9 +116,9 @@ class Cell:
         return self.name.split("/")[0]
 
 
-RUN_ORDER = {"direct": 0, "peer": 0, "baseline": 1, "supervised": 2}
-"""Which ready cell a free worker takes: the pairs first, then each baseline as soon as its pair is done
-(the longest runs, so the critical path), the upper bounds last."""
+RUN_ORDER = {"baseline": 0, "direct": 1, "peer": 1, "supervised": 2}
+"""Which ready cell a free worker takes: a baseline as soon as its pair is done (the longest runs, so the
+critical path), else the next pair, the upper bounds last."""
 
 
 def calibration_cells(
