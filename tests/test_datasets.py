@@ -311,7 +311,8 @@ def test_folder_errors_quote_the_pattern(tmp_path: Path) -> None:
 
 
 def test_registry_names_and_unknown_name() -> None:
-    expected = ["dukemtmc", "folder", "market1501", "msmt17", "synth-duke", "synth-market", "synth-msmt"]
+    expected = ["dukemtmc", "folder", "market1501", "msmt17", "synth-duke", "synth-market", "synth-msmt",
+                "synth-transient-duke", "synth-transient-market", "synth-transient-msmt"]
     assert known_datasets() == expected
     assert sorted(DATASETS) == expected
     with pytest.raises(ValueError) as error:

@@ -89,7 +89,7 @@ def test_real_named_targets_get_the_papers_k_whatever_the_profile(profile):
 
 
 def test_synthetic_targets_keep_their_k_scaled_by_the_generators_identities():
-    expected = {"market2duke": 125, "duke2market": 125, "market2msmt": 375, "duke2msmt": 375}
+    expected = {"market2duke": 75, "duke2market": 75, "market2msmt": 225, "duke2msmt": 225}
     for task, k in expected.items():
         cfg = resolve(profile="synthetic", task=task)
         assert cfg.mmt.num_clusters == k, task
@@ -98,11 +98,13 @@ def test_synthetic_targets_keep_their_k_scaled_by_the_generators_identities():
     # The scale is the generator's size, not the profile: the paper profile on the same domains gets the same K,
     # and a smaller generator size (60 of Market's 751 identities, 83 of MSMT17's 1041) fewer clusters.
     assert resolve(profile="paper", data="synthetic", task="duke2market").mmt.num_clusters == 125
+    compact = {"data": {"synthetic_size": "compact"}}
+    assert resolve(profile="paper", data="synthetic", task="duke2market", overrides=compact).mmt.num_clusters == 75
     small = {"data": {"synthetic_size": "small"}}
     assert resolve(profile="synthetic", task="duke2market", overrides=small).mmt.num_clusters == 40
     assert resolve(profile="synthetic", task="duke2msmt", overrides=small).mmt.num_clusters == 120
     origin = num_clusters_origin(resolve(profile="synthetic", task="duke2market"))
-    assert "188/751" in origin and "synth-market" in origin
+    assert "113/751" in origin and "synth-market" in origin and "compact" in origin
 
 
 def test_smoke_profile_keeps_its_k_on_its_tiny_domains():
