@@ -263,7 +263,7 @@ def test_train_images_scale_multiplies_training_images_only():
         dataclasses.replace(spec, train_images_scale=0.0)
 
 
-CUE_FIELDS = {"lower": {"lower"}, "bag": {"bag", "bag_colour"}, "hair": {"hair", "long_hair", "hat"},
+CUE_FIELDS = {"lower": {"lower"}, "upper": {"upper"}, "bag": {"bag", "bag_colour"}, "hair": {"hair", "long_hair", "hat"},
               "upper2": {"upper2", "upper_pattern"}}
 
 

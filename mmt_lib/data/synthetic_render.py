@@ -78,8 +78,8 @@ KNOB_MEANINGS: dict[str, str] = {
                    "tinted glass): one person looks different in two cameras, two people alike in one.",
     "family_size": "How many identities share one outfit and differ only in one cue (look_alike_cue): "
                    "1, none; 3, families of three look-alikes.",
-    "look_alike_cue": "What tells look-alikes apart in this domain: their trousers, bag, hair or the second "
-                      "colour of their top.",
+    "look_alike_cue": "What tells look-alikes apart in this domain: their trousers, the colour of their top, "
+                      "their bag, their hair, or the second colour of their top.",
 }
 """One sentence per knob of the data tour's style table, for a reader who has not read the renderer."""
 
@@ -292,9 +292,10 @@ def sample_identity(style: DomainStyle, rng: np.random.Generator) -> Identity:
     )
 
 
-LOOK_ALIKE_CUES = ("lower", "bag", "hair", "upper2")
+LOOK_ALIKE_CUES = ("lower", "upper", "bag", "hair", "upper2")
 """What can tell apart the members of a look-alike family (``DomainSpec.look_alike_cue``): the lower garment,
-the bag, the hair (with any hat), or the top's second colour (its stripes, checks, jacket front or logo)."""
+the top's main colour, the bag, the hair (with any hat), or the top's second colour (its stripes, checks,
+jacket front or logo)."""
 
 
 def vary_look_alike(ident: Identity, style: DomainStyle, cue: str, rng: np.random.Generator) -> Identity:
@@ -303,6 +304,8 @@ def vary_look_alike(ident: Identity, style: DomainStyle, cue: str, rng: np.rando
     cue only where labels tell look-alikes apart; each domain has its own cue, so a source's does not carry."""
     if cue == "lower":
         return replace(ident, lower=_garment_colour(style, rng))
+    if cue == "upper":
+        return replace(ident, upper=_garment_colour(style, rng))
     if cue == "bag":
         kinds = [kind for kind in ("backpack", "shoulder", "handbag") if kind != ident.bag]
         return replace(ident, bag=kinds[int(rng.integers(len(kinds)))], bag_colour=_garment_colour(style, rng))
