@@ -120,11 +120,17 @@ noise persists, as real re-ID's does: look-alike pairs that a source network mer
 tells its look-alikes apart by a cue of its own that no source teaches, and cameras whose haze splits one
 person and joins others (docs/synthetic-domains.md gives the probes that chose them)."""
 
+
+
+def _with_persistent_noise(name: str, family_size: int, cue: str, haze: float) -> DomainSpec:
+    """Domain ``name``: its earlier, transient namesake with look-alike families and camera haze added."""
+    earlier = TRANSIENT_DOMAINS[name.replace("synth-", "synth-transient-")]
+    return replace(earlier, name=name, family_size=family_size, look_alike_cue=cue,
+                   style=replace(earlier.style, camera_haze=haze))
+
+
 DOMAINS: dict[str, DomainSpec] = {
-    **{name: replace(TRANSIENT_DOMAINS[name.replace("synth-", "synth-transient-")], name=name, family_size=family,
-                     look_alike_cue=cue, style=replace(TRANSIENT_DOMAINS[name.replace("synth-", "synth-transient-")].style,
-                                                       camera_haze=haze))
-       for name, (family, cue, haze) in PERSISTENT_NOISE.items()},
+    **{name: _with_persistent_noise(name, *knobs) for name, knobs in PERSISTENT_NOISE.items()},
     **TRANSIENT_DOMAINS,
 }
 """Every synthetic domain: the default three (persistent label noise) and the earlier, transient three;

@@ -58,24 +58,14 @@ from mmt_lib.evaluation.label_quality import pseudo_label_quality
 from mmt_lib.figures.analysis import feature_agreement
 from mmt_lib.figures.plots import plot_baseline_convergence
 from mmt_lib.method.engine import load_named_dataset, prepare_model, resolve_device
-from mmt_lib.method.mmt import (
-    assign_pseudo_labels,
-    embed_target,
-    pseudo_label_seed,
-    run_checked_variant,
-    stage1_checkpoints,
-)
+from mmt_lib.method.mmt import (assign_pseudo_labels, embed_target, pseudo_label_seed, run_checked_variant,
+                                stage1_checkpoints)
 from mmt_lib.method.pretrain import pretrain
 from mmt_lib.method.provenance import Stage1Checkpoint
 from mmt_lib.method.trainer import CHECKPOINT, load_pretrained_network
 from mmt_lib.runtime import distributed, lifeline
-from mmt_lib.runtime.checkpoints import (
-    remove_dead_temps,
-    save_metrics,
-    temp_token,
-    write_json_atomic,
-    write_text_atomic,
-)
+from mmt_lib.runtime.checkpoints import (remove_dead_temps, save_metrics, temp_token, write_json_atomic,
+                                         write_text_atomic)
 from mmt_lib.runtime.commandline import refuse
 from mmt_lib.runtime.paths import from_command_line, project_path
 from mmt_lib.runtime.progress import tqdm
@@ -172,10 +162,15 @@ def pair_cosine(cfg: config.RunConfig, stage1: list[Stage1Checkpoint]) -> float:
     return feature_agreement(nets[0], nets[1], load_named_dataset(cfg.data, cfg.data.target), cfg, device)
 
 
+def last_fifth_start(epochs: int) -> int:
+    """The epoch count after which the last fifth of ``epochs`` begins (36 of 45)."""
+    return epochs - math.ceil(epochs / 5)
+
+
 def late_gain(history: list[dict[str, Any]], epochs: int) -> float:
     """mAP (network 1) after the last epoch minus after the last evaluation at or before the start of the
-    last fifth of the epochs; NaN when no evaluation lies there (evaluate more often to measure it)."""
-    start = epochs - math.ceil(epochs / 5)
+    last fifth of the epochs (``last_fifth_start``); NaN when no evaluation lies there (evaluate more often)."""
+    start = last_fifth_start(epochs)
     curve = {r["epoch"] + 1: r["net1"]["mAP"] for r in history if "net1" in r}
     earlier = [done for done in curve if done <= start]
     if epochs not in curve or not earlier:
@@ -310,7 +305,8 @@ def calibration_summary(out_dir: str | Path) -> tuple[str, Figure | None]:
         table, curves = read_calibration(out_dir)
     except FileNotFoundError as missing:
         return f"*{missing}*", None
-    return to_markdown(table), plot_baseline_convergence(table, curves)
+    last_fifth = {task: last_fifth_start(curve[-1]["epoch"]) for task, curve in curves.items()}
+    return to_markdown(table), plot_baseline_convergence(table, curves, last_fifth)
 
 
 def _bounds_text(bounds: tuple[float | None, float | None]) -> str:

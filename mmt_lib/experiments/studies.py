@@ -80,8 +80,8 @@ STUDIES: dict[str, Study] = {
         description="the default domains, whose label noise persists, or the earlier ones, whose noise "
                     "self-training corrects alone (synth-transient-*), x both Stage I networks from the shared "
                     "synthetic-people Stage 0 start, from FractalDB's (model.stage0_family=fractal), or from one "
-                    "random draw trained at the from-scratch learning rate 3e-3 (model.pretrained=None), x the mean teacher's window "
-                    "at the paper's share of Stage II (1/16) or as long as the whole run (mmt.ema_window_share=1)",
+                    "random draw trained at the from-scratch learning rate 3e-3 (model.pretrained=None), x the "
+                    "mean teacher's window at the paper's share of Stage II (1/16) or as long as the whole run (mmt.ema_window_share=1)",
     ),
 }
 

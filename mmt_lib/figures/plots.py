@@ -26,19 +26,8 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from mmt_lib.config import ABLATION_VARIANTS
-from mmt_lib.figures.plot_style import (
-    FAMILY_COLOURS,
-    LINE_COLOURS,
-    MAX_WIDTH_IN,
-    MIN_FONT_PT,
-    REFERENCE_GREY,
-    finish,
-    metric_label,
-    metric_scale,
-    styled,
-    task_label,
-    variant_label,
-)
+from mmt_lib.figures.plot_style import (FAMILY_COLOURS, LINE_COLOURS, MAX_WIDTH_IN, MIN_FONT_PT, REFERENCE_GREY, finish,
+                                        metric_label, metric_scale, styled, task_label, variant_label)
 from mmt_lib.method.stage0 import Stage0Config, class_images
 from mmt_lib.runtime.checkpoints import replacing
 
@@ -226,13 +215,15 @@ def _family(variant: str, references: Sequence[str]) -> str:
 
 
 @styled
-def plot_baseline_convergence(rows: pd.DataFrame, curves: Mapping[str, Sequence[Mapping[str, float]]]) -> Figure:
+def plot_baseline_convergence(rows: pd.DataFrame, curves: Mapping[str, Sequence[Mapping[str, float]]],
+                              last_fifth_from: Mapping[str, int]) -> Figure:
     """One panel per task: the hard-label baseline's target mAP and pseudo-label NMI epoch by epoch, with
     direct transfer and the upper bound as lines, and the last fifth of the epochs shaded: where the
     baseline stops between the two lines is the share of the gap its labels let it close.
 
     ``rows`` is the calibration table (``task``, ``direct_mAP``, ``supervised_mAP``); ``curves`` each task's
-    ``[{"epoch", "mAP", "nmi"}, ...]`` (1-based epochs, as the calibration records them)."""
+    ``[{"epoch", "mAP", "nmi"}, ...]`` (1-based epochs, as the calibration records them); ``last_fifth_from``
+    each task's epoch where the shaded last fifth begins (``calibrate.last_fifth_start``)."""
     if rows.empty:
         raise ValueError("the calibration table has no task: nothing to plot")
     fig, axes = _new_figure(1, len(rows), figsize=(min(MAX_WIDTH_IN, 3.2 * len(rows)), 3.0), sharey=True)
@@ -245,8 +236,7 @@ def plot_baseline_convergence(rows: pd.DataFrame, curves: Mapping[str, Sequence[
         for level, name in ((row["supervised_mAP"], "upper bound"), (row["direct_mAP"], "direct transfer")):
             ax.axhline(100 * level, color=REFERENCE_GREY, linewidth=1)
             ax.annotate(name, (epochs[0], 100 * level), textcoords="offset points", xytext=(0, 2), fontsize=MIN_FONT_PT)
-        last = max(epochs)
-        ax.axvspan(last - math.ceil(last / 5), last, color=REFERENCE_GREY, alpha=0.15, linewidth=0)
+        ax.axvspan(last_fifth_from[row["task"]], max(epochs), color=REFERENCE_GREY, alpha=0.15, linewidth=0)
         ax.set_title(f"{row['task']}: {row['baseline_gap_share']:.0%} of the gap")
         ax.set_xlabel("Stage II epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

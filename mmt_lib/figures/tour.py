@@ -86,8 +86,9 @@ def style_table(names: list[str] | None = None) -> pd.DataFrame:
     """Every rendering knob of the synthetic domains ``names`` (default: the three of ``data="synthetic"``),
     side by side (the domain gap, made explicit), with a sentence saying what each knob does."""
     names = list(DOMAIN_DATASETS["synthetic"].values()) if names is None else names
-    table = pd.DataFrame({name: {"cameras": DOMAINS[name].num_cams, "family_size": DOMAINS[name].family_size,
-                                 "look_alike_cue": DOMAINS[name].look_alike_cue, **asdict(DOMAINS[name].style)}
-                          for name in names}).rename_axis("knob").reset_index()
+    specs = {name: DOMAINS[name] for name in names}
+    table = pd.DataFrame({name: {"cameras": spec.num_cams, "family_size": spec.family_size,
+                                 "look_alike_cue": spec.look_alike_cue, **asdict(spec.style)}
+                          for name, spec in specs.items()}).rename_axis("knob").reset_index()
     table["what it does"] = table["knob"].map(KNOB_MEANINGS)
     return table

@@ -46,13 +46,7 @@ from torch import nn
 from mmt_lib import __version__
 from mmt_lib.config import PROFILES, STAGE0, STAGE0_FAMILIES, RunConfig
 from mmt_lib.data.decoded import cache_dir, locked
-from mmt_lib.data.synthetic_render import (
-    make_background,
-    make_cameras,
-    random_style,
-    render_image,
-    sample_identity,
-)
+from mmt_lib.data.synthetic_render import make_background, make_cameras, random_style, render_image, sample_identity
 from mmt_lib.models import known_archs
 from mmt_lib.models.backbones import build_backbone
 from mmt_lib.runtime.checkpoints import replacing, write_json_atomic
