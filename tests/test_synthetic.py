@@ -309,13 +309,26 @@ def test_haze_pulls_each_cameras_images_towards_its_colour_and_leaves_other_draw
         _style(camera_haze=1.0)
 
 
-def test_a_transient_domain_is_its_persistent_namesake_without_families_and_haze(tiny):
-    persistent, transient = DOMAINS["synth-market"], DOMAINS["synth-transient-market"]
-    assert persistent.family_size > 1 == transient.family_size
-    assert persistent.style.camera_haze > 0 == transient.style.camera_haze
+@pytest.mark.parametrize("name", sorted(synthetic.PERSISTENT_NOISE))
+def test_a_transient_domain_is_its_persistent_namesake_without_the_noise_knobs(name):
+    persistent, transient = DOMAINS[name], DOMAINS[name.replace("synth-", "synth-transient-")]
+    knobs = synthetic.PERSISTENT_NOISE[name]
+    assert (persistent.family_size, persistent.look_alike_cue, persistent.style.camera_haze,
+            persistent.train_images_scale) == tuple(knobs)
+    assert persistent.style.camera_haze > 0 == transient.style.camera_haze and transient.family_size == 1
     assert dataclasses.replace(persistent, name=transient.name, family_size=1, look_alike_cue=transient.look_alike_cue,
+                               train_images_scale=transient.train_images_scale,
                                style=dataclasses.replace(persistent.style, camera_haze=0.0)) == transient
-    assert len({DOMAINS[name].look_alike_cue for name in synthetic.PERSISTENT_NOISE}) == 3  # no source teaches a target's
+
+
+def test_each_domain_with_look_alikes_has_a_cue_of_its_own():
+    cues = [knobs.look_alike_cue for knobs in synthetic.PERSISTENT_NOISE.values() if knobs.family_size > 1]
+    assert len(cues) >= 2 and len(set(cues)) == len(cues)  # no source teaches a target's cue
+
+
+def test_families_and_haze_leave_the_plan_alone(tiny):
+    persistent, transient = DOMAINS["synth-market"], DOMAINS["synth-transient-market"]
+    assert persistent.family_size > 1 and persistent.train_images_scale == transient.train_images_scale
     assert plan_domain(persistent, SIZES["tiny"], 0) == plan_domain(transient, SIZES["tiny"], 0)
     assert files(tiny["synth-market"]).keys() == files(tiny["synth-transient-market"]).keys()
     with pytest.raises(ValueError, match="family_size"):
