@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import pandas as pd
 import psutil
 import pytest
 
+from mmt_lib.data import synthetic
 from mmt_lib.experiments import calibrate
 from mmt_lib.runtime.paths import PROJECT_ROOT
 
@@ -133,8 +135,8 @@ def test_late_gain_reads_the_last_fifth_of_a_recorded_history():
 def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch, tmp_path, capsys):
     calls = []
 
-    def fake_calibrate(profile, tasks, seed, out, jobs, data_root, overrides):
-        calls.append((out, overrides))
+    def fake_calibrate(profile, tasks, seed, out, jobs, data_root, overrides, fresh):
+        calls.append((out, overrides, fresh))
         nmi = 0.9 if tasks == ["duke2market"] else 0.5
         return calibrate.calibration_table([summary("direct/a", "t", 0.3, nmi, task="a"),
                                             summary("supervised/t", "t", 0.9), baseline("a", 0.6)])
@@ -142,8 +144,8 @@ def test_main_exits_with_its_own_status_when_a_number_is_out_of_band(monkeypatch
     monkeypatch.setattr(calibrate, "calibrate", fake_calibrate)
     assert calibrate.main(["--profile", "smoke", "--tasks", "duke2market"]) == calibrate.EXIT_OUT_OF_BAND
     assert calibrate.main(["--profile", "smoke", "--tasks", "market2duke", "--out", str(tmp_path),
-                           "--overrides", '{"pretrain": {"epochs": 60}}']) == 0
-    assert calls == [(calibrate.default_out_dir("smoke"), {}), (tmp_path, {"pretrain": {"epochs": 60}})]
+                           "--overrides", '{"pretrain": {"epochs": 60}}', "--fresh"]) == 0
+    assert calls == [(calibrate.default_out_dir("smoke"), {}, False), (tmp_path, {"pretrain": {"epochs": 60}}, True)]
     assert "0.900 ✗" in capsys.readouterr().out
 
 
@@ -164,6 +166,33 @@ def test_a_failing_cell_leaves_no_folder_and_sweeps_dead_temps(monkeypatch, tmp_
     with pytest.raises(RuntimeError, match="killed mid-run"):
         calibrate.run_cell(cell, tmp_path)
     assert list((tmp_path / "direct").iterdir()) == []
+
+
+def test_a_finished_cell_is_kept_while_its_config_its_domains_and_its_pair_are_unchanged(monkeypatch, tmp_path):
+    cells = calibrate.calibration_cells("smoke", ["duke2market"], data_root=str(tmp_path / "data"))
+    keys = calibrate.cell_keys(cells)
+    for cell in cells:
+        (tmp_path / cell.name).mkdir(parents=True)
+        (tmp_path / cell.name / "metrics.json").write_text(json.dumps({"calibration": {"cell": cell.name,
+                                                                                       "key": keys[cell.name]}}))
+    names = [cell.name for cell in cells]
+    assert list(calibrate.finished_cells(cells, tmp_path)) == names
+
+    # A cell written without a key, or under another, is trained again; so is the baseline of its pair.
+    (tmp_path / "peer/duke2market/metrics.json").write_text(json.dumps({"calibration": {"cell": "peer/duke2market"}}))
+    assert list(calibrate.finished_cells(cells, tmp_path)) == ["direct/duke2market", "supervised/synth-market"]
+    (tmp_path / "peer/duke2market/metrics.json").write_text(
+        json.dumps({"calibration": {"cell": "peer/duke2market", "key": keys["peer/duke2market"]}}))
+
+    # Another Stage I changes the pair's configs, so the pair, the baseline and the supervised run go again.
+    longer = calibrate.calibration_cells("smoke", ["duke2market"], data_root=str(tmp_path / "data"),
+                                         overrides={"pretrain": {"epochs": 3}})
+    assert calibrate.finished_cells(longer, tmp_path) == {}
+
+    # A changed knob of the source domain retrains every cell that reads it; the target's own run is kept.
+    duke = synthetic.DOMAINS["synth-duke"]
+    monkeypatch.setitem(synthetic.DOMAINS, "synth-duke", dataclasses.replace(duke, family_size=duke.family_size + 1))
+    assert list(calibrate.finished_cells(cells, tmp_path)) == ["supervised/synth-market"]
 
 
 def test_table_refuses_a_target_without_its_supervised_run_or_a_task_without_its_baseline():
@@ -221,6 +250,13 @@ def test_calibrate_on_the_smoke_profile_writes_consistent_tables(tmp_path):
     assert [ax.get_title() for ax in figure.axes] == [f"duke2market: {row['baseline_gap_share']:.0%} of the gap"]
     note, nothing = calibrate.calibration_summary(tmp_path / "never-calibrated")
     assert nothing is None and "make calibrate" in note and "never-calibrated" in note
+
+    # Calibrating again into the same folder keeps every finished cell: nothing is trained or written.
+    written = {path: path.stat().st_mtime_ns for path in out.rglob("metrics.json")}
+    kept = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=out, jobs=1, data_root=str(tmp_path / "data"),
+                               progress=False, overrides={"pretrain": {"epochs": 1}})
+    pd.testing.assert_frame_equal(kept, table)
+    assert {path: path.stat().st_mtime_ns for path in out.rglob("metrics.json")} == written
 
     # The same seed gives the same numbers, also with two worker processes.
     again = calibrate.calibrate("smoke", ["duke2market"], seed=1, out_dir=tmp_path / "cal2", jobs=2,

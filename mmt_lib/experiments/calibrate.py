@@ -34,6 +34,7 @@ Stage II run is looked at.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -54,6 +55,7 @@ import torch
 from matplotlib.figure import Figure
 
 from mmt_lib import config
+from mmt_lib.data import synthetic
 from mmt_lib.evaluation.label_quality import pseudo_label_quality
 from mmt_lib.figures.analysis import feature_agreement
 from mmt_lib.figures.plots import plot_baseline_convergence
@@ -189,9 +191,10 @@ def _train_baseline(cell: Cell, work: Path, out_dir: Path) -> tuple[dict[str, An
                      "late_gain": late_gain(metrics["history"], cell.cfg.mmt.epochs)}
 
 
-def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dict[str, Any]:
+def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None, key: str = "") -> dict[str, Any]:
     """Train one cell from scratch into ``out_dir/<cell.name>`` (a temp folder renamed when done); a
-    baseline cell starts from its pair's folders under ``out_dir``."""
+    baseline cell starts from its pair's folders under ``out_dir``. ``key`` (``cell_key``) is recorded
+    in its summary, so that a later calibration keeps the cell while nothing it depends on changed."""
     if threads is not None:
         torch.set_num_threads(threads)
     final = project_path(out_dir) / cell.name
@@ -206,7 +209,7 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
         else:
             metrics = pretrain(cell.cfg, work, resume=False)
         summary = {"cell": cell.name, "task": cell.cfg.task, "source": cell.cfg.data.source,
-                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"], **extra}
+                   "target": cell.cfg.data.target, "mAP": metrics["mAP"], "top1": metrics["top1"], "key": key, **extra}
         if cell.kind == "direct":
             summary["kmeans"] = first_label_noise(cell.cfg, work)
         summary["seconds"] = time.perf_counter() - tic
@@ -219,6 +222,38 @@ def run_cell(cell: Cell, out_dir: str | Path, threads: int | None = None) -> dic
     return summary
 
 
+def cell_key(cell: Cell, needs: dict[str, str]) -> str:
+    """What a finished cell must match to be kept: its run's config hash, the specification of each
+    synthetic domain it reads (their knobs live in ``synthetic.DOMAINS``, not in the config), and the
+    keys of the cells it ``needs`` (``needs`` maps each of those names to its key)."""
+    data = cell.cfg.data
+    domains = {name: synthetic.spec_hash(name, data.synthetic_size, data.synthetic_seed)
+               for name in (data.source, data.target) if name in synthetic.DOMAINS}
+    payload = {"config": cell.cfg.config_hash(), "domains": domains, "needs": [needs[n] for n in cell.needs]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cell_keys(cells: list[Cell]) -> dict[str, str]:
+    """``cell_key`` of every cell, by name; a cell's ``needs`` come before it in ``cells``."""
+    keys: dict[str, str] = {}
+    for cell in cells:
+        keys[cell.name] = cell_key(cell, keys)
+    return keys
+
+
+def finished_cells(cells: list[Cell], out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The summaries of the cells already finished under ``out_dir`` with their current ``cell_key``, and
+    whose ``needs`` are kept too: a stopped calibration goes on from them, and a changed knob, override or
+    pair trains its cells again."""
+    keys, finished = cell_keys(cells), {}
+    for cell in cells:
+        path = out_dir / cell.name / "metrics.json"
+        summary = json.loads(path.read_text()).get("calibration", {}) if path.is_file() else {}
+        if summary.get("key") == keys[cell.name] and all(name in finished for name in cell.needs):
+            finished[cell.name] = summary
+    return finished
+
+
 def cell_pool(jobs: int) -> ProcessPoolExecutor:
     """``jobs`` worker processes that end with this driver, however it ends (SIGTERM, SIGKILL): a
     stopped calibration must not leave cells training on the cores that its rerun needs."""
@@ -227,17 +262,23 @@ def cell_pool(jobs: int) -> ProcessPoolExecutor:
 
 
 def run_cells(cells: list[Cell], out_dir: Path, jobs: int, threads: int,
-              on_done: Callable[[dict[str, Any]], None] = lambda summary: None) -> dict[str, dict[str, Any]]:
-    """Every cell, ``jobs`` at a time, each once its ``needs`` are done, a free worker taking the ready cell
-    first in ``RUN_ORDER``; the summaries by cell name. A failed cell stops the queue, not just itself."""
-    waiting, running, done = list(cells), {}, {}
+              on_done: Callable[[dict[str, Any]], None] = lambda summary: None,
+              fresh: bool = False) -> dict[str, dict[str, Any]]:
+    """Every cell not finished already (``finished_cells``; every cell when ``fresh``), ``jobs`` at a time,
+    each once its ``needs`` are done, a free worker taking the ready cell first in ``RUN_ORDER``; the
+    summaries by cell name. A failed cell stops the queue, not just itself."""
+    keys = cell_keys(cells)
+    done = {} if fresh else finished_cells(cells, out_dir)
+    for summary in done.values():
+        on_done(summary)
+    waiting, running = [c for c in cells if c.name not in done], {}
     with cell_pool(jobs) as pool:
         try:
             while waiting or running:
                 ready = sorted((c for c in waiting if all(n in done for n in c.needs)), key=lambda c: RUN_ORDER[c.kind])
                 for cell in ready[:jobs - len(running)]:
                     waiting.remove(cell)
-                    running[pool.submit(run_cell, cell, out_dir, threads)] = cell
+                    running[pool.submit(run_cell, cell, out_dir, threads, keys[cell.name])] = cell
                 if not running:
                     raise ValueError(f"calibration cells need runs that are not cells: {[c.name for c in waiting]}")
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -339,11 +380,14 @@ def calibrate(
     data_root: str | None = None,
     progress: bool = True,
     overrides: dict[str, dict[str, Any]] | None = None,
+    fresh: bool = False,
 ) -> pd.DataFrame:
     """Run every calibration cell (``jobs`` at a time) and write ``calibration.csv`` / ``.md`` / ``.json``.
 
     ``out_dir`` defaults to ``runs/<profile>/calibration``; ``overrides`` apply to every cell and are
-    recorded in ``calibration.json`` and ``calibration.md``.
+    recorded in ``calibration.json`` and ``calibration.md``. Cells finished there under the same config and
+    domains are kept (``finished_cells``), so a stopped calibration goes on where it stopped; ``fresh``
+    trains every cell again (after a change to the training code, which no key sees).
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
@@ -354,7 +398,7 @@ def calibrate(
         load_named_dataset(cfg, cfg.target)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with tqdm(total=len(cells), desc="calibration runs", unit="run", disable=not progress) as bar:
-        by_name = run_cells(cells, out_dir, jobs, threads, on_done=lambda summary: bar.update(1))
+        by_name = run_cells(cells, out_dir, jobs, threads, on_done=lambda summary: bar.update(1), fresh=fresh)
     summaries = [by_name[cell.name] for cell in cells]
     table = calibration_table(summaries)
     write_text_atomic(out_dir / "calibration.csv", table.to_csv(index=False, float_format="%.4f"))
@@ -377,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a relative path starts at the current directory (default: <project>/runs/<profile>/calibration)")
     parser.add_argument("--overrides", default="{}",
                         help='JSON applied to every run, e.g. \'{"pretrain": {"epochs": 60, "milestones": [42]}}\'')
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every cell again, also those finished under --out with the same config and domains")
     args = parser.parse_args(argv)
     try:
         overrides = config.parse_overrides(args.overrides)
@@ -385,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     out = default_out_dir(args.profile) if args.out is None else Path(from_command_line(args.out))
     tic = time.perf_counter()
     table = calibrate(args.profile, args.tasks, args.seed, out, args.jobs, from_command_line(args.data_root),
-                      overrides=overrides)
+                      overrides=overrides, fresh=args.fresh)
     print(to_markdown(table))
     print(f"{len(table)} tasks, {int(table['calibrated'].sum())} calibrated, {time.perf_counter() - tic:.0f} s "
           f"-> {out / 'calibration.csv'}")
