@@ -184,6 +184,12 @@ def test_a_finished_cell_is_kept_while_its_config_its_domains_and_its_pair_are_u
     (tmp_path / "peer/duke2market/metrics.json").write_text(
         json.dumps({"calibration": {"cell": "peer/duke2market", "key": keys["peer/duke2market"]}}))
 
+    # A record that cannot be read counts as no record.
+    (tmp_path / "direct/duke2market/metrics.json").write_text('{"calibration": {"key": ')
+    assert list(calibrate.finished_cells(cells, tmp_path)) == ["peer/duke2market", "supervised/synth-market"]
+    (tmp_path / "direct/duke2market/metrics.json").write_text(
+        json.dumps({"calibration": {"cell": "direct/duke2market", "key": keys["direct/duke2market"]}}))
+
     # Another Stage I changes the pair's configs, so the pair, the baseline and the supervised run go again.
     longer = calibrate.calibration_cells("smoke", ["duke2market"], data_root=str(tmp_path / "data"),
                                          overrides={"pretrain": {"epochs": 3}})

@@ -247,11 +247,20 @@ def finished_cells(cells: list[Cell], out_dir: Path) -> dict[str, dict[str, Any]
     pair trains its cells again."""
     keys, finished = cell_keys(cells), {}
     for cell in cells:
-        path = out_dir / cell.name / "metrics.json"
-        summary = json.loads(path.read_text()).get("calibration", {}) if path.is_file() else {}
+        summary = _recorded_summary(out_dir / cell.name / "metrics.json")
         if summary.get("key") == keys[cell.name] and all(name in finished for name in cell.needs):
             finished[cell.name] = summary
     return finished
+
+
+def _recorded_summary(path: Path) -> dict[str, Any]:
+    """The calibration summary a cell's ``metrics.json`` holds; empty when there is none or it cannot be
+    read, so that the cell is trained again and its folder replaced."""
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return recorded.get("calibration", {}) if isinstance(recorded, dict) else {}
 
 
 def cell_pool(jobs: int) -> ProcessPoolExecutor:
